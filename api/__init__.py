@@ -1,0 +1,1 @@
+"""Parley's HTTP front end (FastAPI). Never imports torch, transformers or ``worker``."""

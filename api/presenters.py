@@ -1,0 +1,74 @@
+"""ORM rows → response bodies."""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from api.schemas import ConversationOut, ErrorBody, JobOut, TurnOut
+from shared.keys import RedisKeys
+from shared.models import Conversation, Job, JobStatus, Turn
+
+
+def audio_url(conversation_id: str, turn_id: str) -> str:
+    return f"/v1/conversations/{conversation_id}/turns/{turn_id}/audio"
+
+
+def conversation_out(conversation: Conversation, *, turn_count: int) -> ConversationOut:
+    return ConversationOut(
+        id=conversation.id,
+        max_context_turns=conversation.max_context_turns,
+        metadata=conversation.meta,
+        turn_count=turn_count,
+        created_at=conversation.created_at,
+    )
+
+
+def turn_out(turn: Turn) -> TurnOut:
+    has_audio = turn.status == JobStatus.SUCCEEDED or turn.source == "provided"
+    return TurnOut(
+        id=turn.id,
+        conversation_id=turn.conversation_id,
+        index=turn.index,
+        speaker=turn.speaker,
+        text=turn.text,
+        source=turn.source,  # type: ignore[arg-type]
+        status=turn.status,
+        job_id=turn.job.id if turn.job else None,
+        params=turn.params or {},
+        frames=turn.frames,
+        duration_ms=turn.duration_ms,
+        sample_rate=turn.sample_rate,
+        audio_url=audio_url(turn.conversation_id, turn.id) if has_audio else None,
+        created_at=turn.created_at,
+    )
+
+
+def job_out(job: Job, *, redis: Redis, keys: RedisKeys) -> JobOut:
+    frames = job.frames
+    if job.status == JobStatus.RUNNING:
+        live = redis.get(keys.job_frames(job.id))
+        if live is not None:
+            frames = int(live)
+    error = (
+        ErrorBody(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    )
+    return JobOut(
+        id=job.id,
+        turn_id=job.turn_id,
+        conversation_id=job.conversation_id,
+        kind=job.kind,  # type: ignore[arg-type]
+        status=job.status,  # type: ignore[arg-type]
+        progress={"frames": frames},
+        audio_url=(
+            audio_url(job.conversation_id, job.turn_id)
+            if job.status == JobStatus.SUCCEEDED
+            else None
+        ),
+        error=error,
+        model=job.model,
+        test_model=job.test_model,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )

@@ -1,0 +1,43 @@
+"""/healthz (the process lives) and /readyz (SQL, Redis and a worker answer)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import StateDep
+from api.schemas import ReadyOut
+from shared.workers import live_workers
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+def readyz(state: StateDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means "not ready"; the reason is reported
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    workers: list[dict] = []
+    try:
+        state.redis.ping()
+        checks["redis"] = "ok"
+        workers = live_workers(state.redis, state.keys)
+        checks["workers"] = f"{len(workers)} live" if workers else "none live"
+    except Exception as exc:  # as above
+        checks["redis"] = f"unavailable: {type(exc).__name__}"
+        checks["workers"] = "unknown (redis unavailable)"
+    ready = checks["database"] == "ok" and checks["redis"] == "ok" and bool(workers)
+    model = workers[0].get("model") if workers else None
+    test_model = any(w.get("test_model") for w in workers) if workers else None
+    body = ReadyOut(ready=ready, checks=checks, workers=workers, model=model, test_model=test_model)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)

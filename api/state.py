@@ -1,0 +1,45 @@
+"""Resources the API makes once, at app creation, and hands to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from redis import Redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.context import ContextStore
+from shared.db import make_engine, make_session_factory
+from shared.keys import RedisKeys
+from shared.queue import create_celery
+from shared.settings import Settings
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: Redis
+    celery: Celery
+    context: ContextStore
+    keys: RedisKeys
+
+    @classmethod
+    def create(cls, settings: Settings) -> ApiState:
+        engine = make_engine(settings)
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            redis=redis,
+            celery=create_celery(settings),
+            context=ContextStore(redis, settings.redis_prefix),
+            keys=RedisKeys(settings.redis_prefix),
+        )
+
+    def close(self) -> None:
+        self.redis.close()
+        self.engine.dispose()

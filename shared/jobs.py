@@ -1,0 +1,39 @@
+"""Job services the API needs: look up and cancel. They flush; callers commit."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from shared.dispatch import claim_next, lock_conversation
+from shared.errors import Conflict, NotFound
+from shared.models import Conversation, Job, JobStatus, utcnow
+
+
+def get_job(session: Session, *, owner: str, job_id: str) -> Job:
+    """The caller's job; NotFound for a missing one and for another owner's."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    conversation = session.get(Conversation, job.conversation_id)
+    if conversation is None or conversation.owner != owner:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def cancel_job(session: Session, *, conversation_id: str, job_id: str) -> tuple[Job, str | None]:
+    """Cancel a queued or running job. Returns the job and the next job to enqueue, if any.
+
+    A running job's worker sees the cancel flag within a frame and discards its work; the
+    conversation's next turn may start at once, since a cancelled turn is never context.
+    """
+    lock_conversation(session, conversation_id)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if JobStatus(job.status).finished:
+        raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
+    job.status = JobStatus.CANCELLED
+    job.finished_at = utcnow()
+    job.turn.status = JobStatus.CANCELLED
+    session.flush()
+    return job, claim_next(session, conversation_id)

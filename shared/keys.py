@@ -1,0 +1,27 @@
+"""Names of Parley's Redis keys, all under the configured prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+JOB_KEY_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str
+
+    def job_frames(self, job_id: str) -> str:
+        """Frames generated so far by a running job (for polling)."""
+        return f"{self.prefix}:job:{job_id}:frames"
+
+    def job_cancel(self, job_id: str) -> str:
+        """Set when a running job is cancelled; the engine loop checks it every frame."""
+        return f"{self.prefix}:job:{job_id}:cancel"
+
+    def worker(self, name: str) -> str:
+        """A live worker's heartbeat (expires when the worker stops beating)."""
+        return f"{self.prefix}:worker:{name}"
+
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"

@@ -1,0 +1,103 @@
+"""Turn services: a generated turn (with its job) or a provided one. They flush; callers commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.audio import FRAME_MS
+from shared.errors import NotFound
+from shared.models import Conversation, Job, JobKind, Turn, TurnMedia, TurnSource
+
+
+def _allocate_index(session: Session, *, owner: str, conversation_id: str) -> int:
+    """Lock the conversation's row and take its next turn index."""
+    index = session.scalar(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.owner == owner)
+        .values(next_index=Conversation.next_index + 1)
+        .returning(Conversation.next_index)
+        .execution_options(synchronize_session=False)
+    )
+    if index is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return index - 1
+
+
+def create_generated_turn(
+    session: Session,
+    *,
+    owner: str,
+    conversation_id: str,
+    speaker: int,
+    text: str,
+    params: dict[str, Any],
+) -> Turn:
+    """A turn for CSM to speak, with its queued job."""
+    index = _allocate_index(session, owner=owner, conversation_id=conversation_id)
+    turn = Turn(
+        conversation_id=conversation_id,
+        index=index,
+        speaker=speaker,
+        text=text,
+        source=TurnSource.GENERATED,
+        params=params,
+    )
+    turn.job = Job(conversation_id=conversation_id, kind=JobKind.GENERATE)
+    session.add(turn)
+    session.flush()
+    return turn
+
+
+def create_provided_turn(
+    session: Session,
+    *,
+    owner: str,
+    conversation_id: str,
+    speaker: int,
+    text: str,
+    audio_flac: bytes,
+    n_samples: int,
+    sample_rate: int,
+) -> Turn:
+    """A turn the user spoke. Its audio is stored now; a job encodes it to codes, in order."""
+    index = _allocate_index(session, owner=owner, conversation_id=conversation_id)
+    turn = Turn(
+        conversation_id=conversation_id,
+        index=index,
+        speaker=speaker,
+        text=text,
+        source=TurnSource.PROVIDED,
+        duration_ms=round(n_samples * 1000 / sample_rate),
+        sample_rate=sample_rate,
+    )
+    turn.job = Job(conversation_id=conversation_id, kind=JobKind.ENCODE)
+    turn.media = TurnMedia(audio_flac=audio_flac)
+    session.add(turn)
+    session.flush()
+    return turn
+
+
+def list_turns(session: Session, *, conversation_id: str) -> list[Turn]:
+    return list(
+        session.scalars(
+            select(Turn).where(Turn.conversation_id == conversation_id).order_by(Turn.index)
+        )
+    )
+
+
+def get_turn(session: Session, *, conversation_id: str, turn_id: str) -> Turn:
+    turn = session.get(Turn, turn_id)
+    if turn is None or turn.conversation_id != conversation_id:
+        raise NotFound(f"turn {turn_id} not found")
+    return turn
+
+
+def get_media(session: Session, *, turn_id: str) -> TurnMedia | None:
+    return session.get(TurnMedia, turn_id)
+
+
+def frames_to_ms(frames: int) -> int:
+    return frames * FRAME_MS
