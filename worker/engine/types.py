@@ -1,0 +1,45 @@
+"""Plain data the engine takes: context turns (text + cached Mimi codes) and sampling settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ContextTurn:
+    """One earlier turn of the conversation, as the model sees it.
+
+    Attributes:
+        speaker: Speaker id (a non-negative integer; CSM's chat roles are speaker ids).
+        text: What was said.
+        codes: The turn's audio as Mimi codes, shape ``(frames, num_codebooks)``, integers in
+            ``[0, codebook_size)``; as returned by ``CsmEngine.encode`` or ``CsmEngine.generate``.
+    """
+
+    speaker: int
+    text: str
+    codes: np.ndarray
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample a new turn.
+
+    Attributes:
+        temperature: Softmax temperature for the backbone and the depth decoder; 0 means greedy.
+        top_k: Keep only the k most likely codes at each step (0 disables top-k).
+        max_frames: Upper bound on generated frames (12.5 frames per second of audio).
+        seed: Seed the torch RNG right before generating, for reproducible sampling.
+    """
+
+    temperature: float = 0.9
+    top_k: int = 50
+    max_frames: int = 125
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """True when the temperature asks for greedy decoding."""
+        return self.temperature == 0

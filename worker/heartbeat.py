@@ -1,0 +1,51 @@
+"""A background thread that tells Redis this worker is alive and which model it runs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from shared.workers import beat, forget
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, rt: WorkerRuntime, info: dict[str, Any]) -> None:
+        self.rt = rt
+        self.info = info
+        self.period_s = rt.settings.worker_heartbeat_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="parley-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._beat()
+        self._thread.start()
+
+    def _beat(self) -> None:
+        try:
+            beat(
+                self.rt.redis,
+                self.rt.keys,
+                name=self.rt.name,
+                info=self.info,
+                ttl_s=3 * self.period_s,
+            )
+        except RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period_s + 1)
+        try:
+            forget(self.rt.redis, self.rt.keys, name=self.rt.name)
+        except RedisError as exc:
+            log.warning("could not remove heartbeat: %s", exc)

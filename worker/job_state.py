@@ -1,0 +1,144 @@
+"""A job's SQL transitions on the worker side: start, succeed, fail. Each is one transaction
+that begins with the conversation's lock and ends by claiming the conversation's next job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from shared.codes import codes_to_bytes
+from shared.dispatch import claim_next, lock_conversation
+from shared.errors import NotFound
+from shared.models import Conversation, Job, JobStatus, TurnMedia, TurnSource, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything a job needs from SQL, read once when it starts."""
+
+    job_id: str
+    kind: str
+    conversation_id: str
+    turn_id: str
+    index: int
+    speaker: int
+    text: str
+    params: dict[str, Any]
+    max_context_turns: int
+
+
+@dataclass(frozen=True)
+class Start:
+    plan: JobPlan | None  # None: nothing to run (cancelled or deleted)
+    next_job_id: str | None
+
+
+def start_job(session: Session, *, job_id: str, worker: str, model: str, test_model: bool) -> Start:
+    job = session.get(Job, job_id)
+    if job is None:
+        log.info("job %s is gone (its conversation was deleted); skipping", job_id)
+        return Start(None, None)
+    conversation_id = job.conversation_id
+    session.commit()
+    try:
+        lock_conversation(session, conversation_id)
+    except NotFound:
+        return Start(None, None)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status != JobStatus.QUEUED:
+        status = job.status if job else "deleted"
+        log.info("job %s is %s; skipping", job_id, status)
+        next_job_id = claim_next(session, conversation_id)
+        session.commit()
+        return Start(None, next_job_id)
+    conversation = session.get(Conversation, conversation_id)
+    assert conversation is not None  # locked above
+    turn = job.turn
+    job.status = turn.status = JobStatus.RUNNING
+    job.started_at = utcnow()
+    job.attempts += 1
+    job.worker, job.model, job.test_model = worker, model, test_model
+    plan = JobPlan(
+        job_id=job.id,
+        kind=job.kind,
+        conversation_id=conversation_id,
+        turn_id=turn.id,
+        index=turn.index,
+        speaker=turn.speaker,
+        text=turn.text,
+        params=dict(turn.params or {}),
+        max_context_turns=conversation.max_context_turns,
+    )
+    session.commit()
+    return Start(plan, None)
+
+
+def _lock_running(session: Session, plan: JobPlan) -> Job | None:
+    """Lock the conversation and return the job if it is still ours to finish."""
+    try:
+        lock_conversation(session, plan.conversation_id)
+    except NotFound:
+        return None
+    job = session.get(Job, plan.job_id, populate_existing=True)
+    if job is None or job.status != JobStatus.RUNNING:
+        log.info("job %s was cancelled while running; discarding its output", plan.job_id)
+        return None
+    return job
+
+
+def succeed_job(
+    session: Session,
+    plan: JobPlan,
+    *,
+    codes: np.ndarray,
+    audio_flac: bytes | None,
+    frame_ms: int,
+) -> tuple[bool, str | None]:
+    """Store a turn's codes (and generated audio) exactly once. Returns (stored, next job)."""
+    job = _lock_running(session, plan)
+    if job is None:
+        next_job_id = _claim_if_present(session, plan.conversation_id)
+        session.commit()
+        return False, next_job_id
+    turn = job.turn
+    media = session.get(TurnMedia, turn.id)
+    if media is None:
+        media = TurnMedia(turn_id=turn.id)
+        session.add(media)
+    media.codes = codes_to_bytes(codes)
+    media.n_q = int(codes.shape[1])
+    if audio_flac is not None:
+        media.audio_flac = audio_flac
+    frames = int(codes.shape[0])
+    turn.frames = job.frames = frames
+    if turn.source == TurnSource.GENERATED:
+        turn.duration_ms = frames * frame_ms
+    job.status = turn.status = JobStatus.SUCCEEDED
+    job.finished_at = utcnow()
+    next_job_id = claim_next(session, plan.conversation_id)
+    session.commit()
+    return True, next_job_id
+
+
+def fail_job(session: Session, plan: JobPlan, *, code: str, message: str) -> str | None:
+    """Mark the job failed with its reason; the conversation goes on. Returns the next job."""
+    job = _lock_running(session, plan)
+    if job is not None:
+        job.status = job.turn.status = JobStatus.FAILED
+        job.error_code, job.error_message = code, message[:2000]
+        job.finished_at = utcnow()
+    next_job_id = _claim_if_present(session, plan.conversation_id)
+    session.commit()
+    return next_job_id
+
+
+def _claim_if_present(session: Session, conversation_id: str) -> str | None:
+    if session.get(Conversation, conversation_id) is None:
+        return None
+    return claim_next(session, conversation_id)

@@ -1,0 +1,62 @@
+"""``parley worker``: load the model once in this process, then consume turns.
+
+The pool is threads, so the model lives in the one process that runs it (CUDA is never
+initialised in a parent that forks). Concurrency is 1 until batching arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.errors import ModelLoadError
+from shared.settings import Settings
+from worker.celery_app import create_worker_app
+from worker.heartbeat import Heartbeat
+from worker.model_loading import load_engine
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, *, name: str | None = None) -> int:
+    if settings.worker_torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.worker_torch_threads)
+    try:
+        engine = load_engine(settings)
+    except ModelLoadError as exc:
+        log.error("worker cannot start: %s", exc.message)
+        return 2
+    engine.warm_up()
+    rt = WorkerRuntime.create(settings, engine, name=name)
+    log.info("worker %s serving %s on %s", rt.name, rt.model_label, engine.device)
+    heartbeat = Heartbeat(
+        rt,
+        {
+            "name": rt.name,
+            "model": rt.model_label,
+            "test_model": engine.is_test_model,
+            "device": engine.device,
+        },
+    )
+    heartbeat.start()
+    app = create_worker_app(rt)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                "--concurrency=1",
+                f"--queues={settings.queue_name}",
+                f"--hostname={rt.name}",
+                f"--loglevel={settings.log_level}",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
+    finally:
+        heartbeat.stop()
+        rt.close()
+    return 0

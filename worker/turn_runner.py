@@ -1,0 +1,145 @@
+"""Running one job: build the context window, speak (or encode), store, hand off.
+
+The Celery task is a thin wrapper around :func:`run_job`; tests and benchmarks call it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from shared import audio
+from shared.context import ContextEntry, select_window
+from shared.errors import EngineError
+from shared.keys import JOB_KEY_TTL_S
+from shared.models import JobKind, TurnMedia
+from shared.queue import enqueue_job
+from worker.engine.csm import ContextTurn, SamplingParams
+from worker.job_state import JobPlan, fail_job, start_job, succeed_job
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+def run_job(rt: WorkerRuntime, job_id: str) -> None:
+    """Run a job end to end. Engine failures fail the job (with its reason), never the worker."""
+    with rt.sessions() as session:
+        start = start_job(
+            session,
+            job_id=job_id,
+            worker=rt.name,
+            model=rt.model_label,
+            test_model=rt.engine.is_test_model,
+        )
+    if start.plan is None:
+        _enqueue(rt, start.next_job_id)
+        return
+    plan = start.plan
+    began = time.perf_counter()
+    try:
+        if plan.kind == JobKind.ENCODE:
+            codes, flac = _encode(rt, plan), None
+        else:
+            codes, flac = _generate(rt, plan)
+    except Cancelled:
+        # The API already marked the job cancelled; fail_job leaves a non-running job as it
+        # is and only hands the conversation on.
+        with rt.sessions() as session:
+            next_job_id = fail_job(session, plan, code="cancelled", message="cancelled")
+        _enqueue(rt, next_job_id)
+        return
+    except Exception as exc:  # the engine boundary: any failure fails this job, not the worker
+        log.exception("job %s failed", plan.job_id)
+        code = exc.code if isinstance(exc, EngineError) else "engine_error"
+        with rt.sessions() as session:
+            next_job_id = fail_job(session, plan, code=code, message=f"{exc}")
+        _enqueue(rt, next_job_id)
+        return
+    with rt.sessions() as session:
+        stored, next_job_id = succeed_job(
+            session, plan, codes=codes, audio_flac=flac, frame_ms=audio.FRAME_MS
+        )
+    if stored:
+        entry = ContextEntry(
+            turn_id=plan.turn_id,
+            index=plan.index,
+            speaker=plan.speaker,
+            text=plan.text,
+            codes=codes,
+        )
+        rt.context.put(plan.conversation_id, entry, keep=max(plan.max_context_turns, 1))
+        log.info(
+            "job %s (%s, turn %d) done: %d frames in %.0f ms",
+            plan.job_id,
+            plan.kind,
+            plan.index,
+            codes.shape[0],
+            1000 * (time.perf_counter() - began),
+        )
+    _enqueue(rt, next_job_id)
+
+
+def _enqueue(rt: WorkerRuntime, job_id: str | None) -> None:
+    if job_id is not None:
+        enqueue_job(rt.celery, rt.settings, job_id)
+
+
+def _encode(rt: WorkerRuntime, plan: JobPlan) -> np.ndarray:
+    with rt.sessions() as session:
+        media = session.get(TurnMedia, plan.turn_id)
+        flac = media.audio_flac if media is not None else None
+    if flac is None:
+        raise EngineError(f"provided turn {plan.turn_id} has no stored audio")
+    return rt.engine.encode(audio.decode_flac(flac))
+
+
+def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
+    engine = rt.engine
+    params = plan.params
+    max_frames = max(1, int(params.get("max_audio_length_ms") or 10_000) // audio.FRAME_MS)
+    with rt.sessions() as session:
+        candidates = rt.context.candidates(
+            session, plan.conversation_id, before_index=plan.index, limit=plan.max_context_turns
+        )
+    context = [ContextTurn(speaker=e.speaker, text=e.text, codes=e.codes) for e in candidates]
+    budget = engine.max_positions - engine.request_cost(plan.speaker, plan.text) - max_frames
+    if budget < 0:
+        raise EngineError(
+            f"the turn's own text and max_audio_length_ms need {engine.max_positions - budget} "
+            f"positions; the model has {engine.max_positions}",
+            code="prompt_too_long",
+        )
+    keep = select_window([engine.turn_cost(t) for t in context], budget=budget)
+    window = list(reversed(context[:keep]))
+    if keep < len(context):
+        log.info(
+            "job %s: context window keeps %d of %d turns (budget %d positions)",
+            plan.job_id,
+            keep,
+            len(context),
+            budget,
+        )
+    frames_key, cancel_key = rt.keys.job_frames(plan.job_id), rt.keys.job_cancel(plan.job_id)
+
+    def on_frame(frames: int) -> bool:
+        pipe = rt.redis.pipeline()
+        pipe.set(frames_key, frames, ex=JOB_KEY_TTL_S)
+        pipe.exists(cancel_key)
+        return bool(pipe.execute()[1])
+
+    sampling = SamplingParams(
+        temperature=float(params.get("temperature", 0.9)),
+        top_k=int(params.get("top_k", 50)),
+        max_frames=max_frames,
+        seed=params.get("seed"),
+    )
+    codes = engine.generate(window, plan.speaker, plan.text, sampling, on_frame=on_frame)
+    if rt.redis.exists(cancel_key):
+        raise Cancelled()
+    return codes, audio.encode(engine.decode(codes), "flac")
