@@ -128,9 +128,13 @@ class PromptBuilder:
         embeddings everywhere, the backbone's summed codebook embeddings at the audio positions,
         the embedding of an all-end frame at the audio-end positions.
         """
+        return self.embed_ids(*self.token_ids(context, speaker, text))
+
+    @torch.no_grad()
+    def embed_ids(self, ids: list[int], codes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embed`` for the output of :meth:`token_ids`."""
         model = self._model
         device = model.device
-        ids, codes = self.token_ids(context, speaker, text)
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         inputs_embeds = model.embed_text_tokens(input_ids)
 

@@ -24,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from worker.engine.hf import quiet_progress_bars
+
 #: Name of the marker file that tells the engine a folder holds this test model.
 TINY_MARKER = "parley_tiny.json"
 
@@ -198,11 +200,11 @@ def build_tiny_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
         model = CsmForConditionalGeneration(config)
         _randomise_codebooks(model)
     _set_generation_defaults(model)
-    model.save_pretrained(out_dir)
-
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000)
     processor = CsmProcessor(feature_extractor, tokenizer, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out_dir)
+    with quiet_progress_bars():
+        model.save_pretrained(out_dir)
+        processor.save_pretrained(out_dir)
 
     marker = {"parley_tiny": True, "seed": seed}
     (out_dir / TINY_MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")

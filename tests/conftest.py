@@ -1,0 +1,72 @@
+"""Shared fixtures: the tiny CSM checkpoint, databases, and whole stacks with real workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stack import Stack, database
+
+DB_KINDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from worker.engine.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model_dir: Path) -> Any:
+    """The real engine on the tiny checkpoint, in the test process (for expected codes)."""
+    from worker.engine.csm import CsmEngine
+
+    return CsmEngine.load(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def make_stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[Callable[..., Stack]]:
+    """Build stacks on demand: ``make_stack("sqlite", workers=1, max_text_chars=5000)``."""
+    stacks: list[Stack] = []
+    contexts = []
+
+    def build(db_kind: str, *, workers: int = 1, **settings: Any) -> Stack:
+        tmp = tmp_path_factory.mktemp(f"stack-{db_kind}")
+        ctx = database(db_kind, tmp)
+        url = ctx.__enter__()
+        contexts.append(ctx)
+        settings.setdefault("model", str(tiny_model_dir))
+        stack = Stack(db_url=url, tmp=tmp, **settings)
+        stacks.append(stack)
+        for _ in range(workers):
+            stack.start_worker(wait=False)
+        if workers:
+            stack.wait_workers(workers)
+        return stack
+
+    yield build
+    for stack in stacks:
+        stack.close()
+    for ctx in reversed(contexts):
+        ctx.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module", params=DB_KINDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[Stack]:
+    """One stack per database kind with one worker, shared by a module's tests."""
+    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
+    with database(request.param, tmp) as url:
+        s = Stack(db_url=url, tmp=tmp, model=str(tiny_model_dir), max_text_chars=5000)
+        try:
+            s.start_worker()
+            yield s
+        finally:
+            s.close()

@@ -1,0 +1,152 @@
+"""A whole Parley stack for tests: real SQL (SQLite or PostgreSQL), the machine's Redis under a
+key prefix of its own, the real API app, and real ``parley worker`` processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from api.app import create_app
+from shared.migrate import upgrade
+from shared.settings import Settings
+from shared.workers import live_workers
+from shared.keys import RedisKeys
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+@contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    """A fresh, migrated database of the given kind; dropped afterwards."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp / 'parley.db'}"
+        upgrade(Settings(database_url=url))
+        yield url
+        return
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        upgrade(Settings(database_url=url))
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Stack:
+    def __init__(self, *, db_url: str, model: str, tmp: Path, **settings: Any) -> None:
+        self.tmp = tmp
+        self.env = {
+            "PARLEY_DATABASE_URL": db_url,
+            "PARLEY_REDIS_URL": REDIS_URL,
+            "PARLEY_REDIS_PREFIX": f"parley-test-{uuid.uuid4().hex[:10]}",
+            "PARLEY_MODEL": model,
+            "PARLEY_WORKER_TORCH_THREADS": "1",
+            "PARLEY_WORKER_HEARTBEAT_S": "1",
+        }
+        self.env.update({f"PARLEY_{k.upper()}": str(v) for k, v in settings.items()})
+        self.settings = Settings(**{k.removeprefix("PARLEY_").lower(): v for k, v in self.env.items()})
+        self.redis = Redis.from_url(REDIS_URL)
+        self.keys = RedisKeys(self.settings.redis_prefix)
+        self.app = create_app(self.settings)
+        self.client = TestClient(self.app)
+        self.client.__enter__()
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start_worker(self, *, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        full_env = {**os.environ, **self.env, **env, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parley", "worker"], env=full_env, stdout=log, stderr=log
+        )
+        self.workers.append(proc)
+        if wait:
+            self.wait_workers(len([w for w in self.workers if w.poll() is None]))
+        return proc
+
+    def wait_workers(self, count: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(live_workers(self.redis, self.keys)) >= count:
+                return
+            dead = [w for w in self.workers if w.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a worker exited early:\n{self.worker_logs()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{count} workers did not come up:\n{self.worker_logs()}")
+
+    def worker_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.tmp.glob("worker-*.log"))
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.workers.clear()
+
+    def close(self) -> None:
+        self.stop_workers()
+        self.client.__exit__(None, None, None)
+        for key in self.redis.scan_iter(match=f"{self.settings.redis_prefix}:*", count=500):
+            self.redis.delete(key)
+        self.redis.close()
+
+    # --- API helpers -------------------------------------------------------------------
+
+    def conversation(self, **body: Any) -> str:
+        r = self.client.post("/v1/conversations", json=body)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def say(self, cid: str, speaker: int, text: str, **params: Any) -> dict[str, Any]:
+        params.setdefault("max_audio_length_ms", 800)
+        params.setdefault("temperature", 0)
+        r = self.client.post(
+            f"/v1/conversations/{cid}/turns", json={"speaker": speaker, "text": text, "params": params}
+        )
+        assert r.status_code == 202, r.text
+        return dict(r.json())
+
+    def upload(self, cid: str, speaker: int, text: str, data: bytes, name: str = "a.wav") -> dict[str, Any]:
+        r = self.client.post(
+            f"/v1/conversations/{cid}/turns",
+            data={"speaker": str(speaker), "text": text},
+            files={"audio": (name, data, "application/octet-stream")},
+        )
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def wait_job(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in FINISHED:
+                return dict(job)
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} did not finish:\n{self.worker_logs()}")
+
+    def codes(self, cid: str, tid: str) -> list[list[int]]:
+        r = self.client.get(f"/v1/conversations/{cid}/turns/{tid}/codes")
+        assert r.status_code == 200, r.text
+        return list(r.json()["codes"])

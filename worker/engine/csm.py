@@ -1,0 +1,289 @@
+"""The CSM speech engine: Sesame's Conversational Speech Model through transformers.
+
+``CsmEngine`` loads a checkpoint (``sesame/csm-1b``, a fine-tune, or the tiny test model from
+``worker.engine.tiny``), encodes audio to Mimi codes, decodes codes to audio, and generates a new
+turn's codes from a conversation whose earlier turns are given as cached codes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoProcessor, CsmForConditionalGeneration, CsmProcessor
+
+from shared.errors import EngineError, InvalidInput, ModelLoadError
+from worker.engine.generation import FrameStreamer, GenerationCancelled, generate_kwargs
+from worker.engine.hf import quiet_progress_bars
+from worker.engine.prompt import PromptBuilder
+from worker.engine.tiny import TINY_MARKER
+from worker.engine.types import ContextTurn, SamplingParams
+
+__all__ = ["ContextTurn", "CsmEngine", "SamplingParams"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r} (expected 'auto', 'cpu' or 'cuda')")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but is not available")
+    return device
+
+
+class CsmEngine:
+    """One loaded CSM model with its processor.
+
+    Calls may come from different threads but are serialised by an internal lock.
+
+    Attributes:
+        model_name: What was asked for (hub id or folder).
+        is_test_model: True for the tiny random checkpoint (its marker file is present).
+        sample_rate: Audio sample rate in Hz (24000).
+        frame_samples: Audio samples per Mimi frame (1920, i.e. 12.5 frames per second).
+        num_codebooks: Codes per frame.
+        max_positions: The backbone's position budget (prompt plus generated frames).
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+
+    sample_rate: int = 24000
+    frame_samples: int = 1920
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        model: CsmForConditionalGeneration,
+        processor: CsmProcessor,
+        device: str,
+        is_test_model: bool,
+    ) -> None:
+        """Wrap an already loaded model; use :meth:`load` instead."""
+        codec = model.config.codec_config
+        self.model_name = model_name
+        self.is_test_model = is_test_model
+        self.device = device
+        self.sample_rate = int(codec.sampling_rate)
+        self.frame_samples = int(round(codec.sampling_rate / codec.frame_rate))
+        self.num_codebooks = int(model.config.num_codebooks)
+        self.max_positions = int(model.config.max_position_embeddings)
+        self.codebook_size = int(codec.codebook_size)
+        self._model = model
+        self._processor = processor
+        self._prompt = PromptBuilder(processor.tokenizer, model, codebook_size=self.codebook_size)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str, *, device: str = "auto") -> CsmEngine:
+        """Load model and processor: bfloat16 on CUDA, float32 on CPU, in eval mode.
+
+        Args:
+            model: A hub id (``sesame/csm-1b``) or a local checkpoint folder.
+            device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+
+        Raises:
+            ModelLoadError: The model or processor could not be loaded or is not a usable CSM.
+        """
+        try:
+            resolved = _resolve_device(device)
+            dtype = torch.bfloat16 if resolved.startswith("cuda") else torch.float32
+            with quiet_progress_bars():
+                processor = AutoProcessor.from_pretrained(model)
+                net = CsmForConditionalGeneration.from_pretrained(model, dtype=dtype)
+            if not isinstance(processor, CsmProcessor):
+                raise TypeError(f"expected a CsmProcessor, got {type(processor).__name__}")
+            net.to(resolved)
+            net.eval()
+            if resolved == "cpu":
+                # oneDNN primitive creation makes the first Mimi decode of each new length take
+                # 0.2-2 s on CPU; without it a decode takes tens of milliseconds.
+                torch.backends.mkldnn.enabled = False
+            local = Path(model)
+            engine = cls(
+                model_name=model,
+                model=net,
+                processor=processor,
+                device=resolved,
+                is_test_model=local.is_dir() and (local / TINY_MARKER).is_file(),
+            )
+            engine._check_prompt_format()
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"could not load CSM model {model!r}: {_one_line(exc)}") from exc
+        return engine
+
+    def _check_prompt_format(self) -> None:
+        """Fail at load when the checkpoint's chat template differs from the layout we build."""
+        processor = self._processor
+        if processor.audio_token_id != self._prompt.audio_id:
+            raise ModelLoadError(
+                f"CSM model {self.model_name!r}: processor audio token id "
+                f"{processor.audio_token_id} != model's {self._prompt.audio_id}"
+            )
+        if not processor.chat_template:
+            return
+        probe = [
+            {"role": "0", "content": [{"type": "text", "text": "a"}, {"type": "audio", "path": ""}]},
+            {"role": "1", "content": [{"type": "text", "text": "b"}]},
+        ]
+        rendered = processor.apply_chat_template(probe, tokenize=False)
+        expected = self._prompt.render(0, "a", audio=True) + self._prompt.render(1, "b", audio=False)
+        if rendered != expected:
+            raise ModelLoadError(
+                f"CSM model {self.model_name!r}: unsupported chat template "
+                f"(renders {rendered!r}, expected {expected!r})"
+            )
+
+    def warm_up(self) -> None:
+        """Run one tiny generate, decode and encode so the first real turn is not slow."""
+        codes = self.generate([], 0, "Hello.", SamplingParams(temperature=0, max_frames=2))
+        self.decode(codes)
+        self.encode(np.zeros(self.frame_samples, dtype=np.float32))
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """Encode float mono 24 kHz samples to Mimi codes ``(frames, num_codebooks)`` int64.
+
+        These are exactly the codes the model computes for that audio on its raw-audio path
+        (the processor's float32 samples, one codec call per audio segment).
+
+        Raises:
+            InvalidInput: Not a non-empty 1-D array of finite floats.
+            EngineError: The codec failed.
+        """
+        arr = np.asarray(audio)
+        if arr.ndim != 1 or arr.size == 0:
+            raise InvalidInput(f"audio must be non-empty 1-D samples, got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InvalidInput(f"audio samples must be floats, got dtype {arr.dtype}")
+        samples = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(samples).all():
+            raise InvalidInput("audio contains NaN or infinite samples")
+        codec = self._model.codec_model
+        with self._lock:
+            try:
+                values = torch.from_numpy(samples).to(device=codec.device, dtype=codec.dtype)
+                with torch.no_grad():
+                    codes = codec.encode(values[None, None]).audio_codes  # (1, n_q, frames)
+                return codes[0].transpose(0, 1).cpu().numpy().astype(np.int64)
+            except Exception as exc:
+                raise EngineError(f"audio encoding failed: {_one_line(exc)}") from exc
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Decode Mimi codes ``(frames, num_codebooks)`` to float32 mono 24 kHz samples.
+
+        Returns:
+            ``frames * frame_samples`` samples.
+
+        Raises:
+            InvalidInput: Wrong shape, dtype or code range.
+            EngineError: The codec failed.
+        """
+        arr = self._prompt.check_codes(codes)
+        if arr.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        codec = self._model.codec_model
+        with self._lock:
+            try:
+                ids = torch.from_numpy(arr).to(codec.device).transpose(0, 1)[None]
+                with torch.no_grad():
+                    audio = codec.decode(ids).audio_values[0, 0]
+                out = audio.float().cpu().numpy()
+            except Exception as exc:
+                raise EngineError(f"audio decoding failed: {_one_line(exc)}") from exc
+        expected = arr.shape[0] * self.frame_samples
+        if out.shape[0] != expected:
+            raise EngineError(f"codec returned {out.shape[0]} samples, expected {expected}")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def turn_cost(self, turn: ContextTurn) -> int:
+        """Prompt positions a context turn occupies (text tokens + frames + audio end)."""
+        return self._prompt.turn_cost(turn)
+
+    def request_cost(self, speaker: int, text: str) -> int:
+        """Prompt positions of the new turn's text part."""
+        return self._prompt.request_cost(speaker, text)
+
+    def generate(
+        self,
+        context: Sequence[ContextTurn],
+        speaker: int,
+        text: str,
+        params: SamplingParams,
+        *,
+        on_frame: Callable[[int], bool] | None = None,
+    ) -> np.ndarray:
+        """Generate the codes of ``speaker`` saying ``text`` after ``context``.
+
+        The prompt is built from the context's cached codes (audio is never re-encoded) and is
+        equivalent to transformers' raw-audio path. Generation ends at the end frame, after
+        ``params.max_frames`` frames, or when ``on_frame`` returns True.
+
+        Args:
+            context: Earlier turns, oldest first.
+            speaker: Speaker id of the new turn.
+            text: Text of the new turn.
+            params: Sampling settings (temperature 0 = greedy; ``seed`` for reproducibility).
+            on_frame: Called with the number of frames so far after each frame; return True
+                to stop early. An exception it raises propagates unchanged.
+
+        Returns:
+            Codes ``(frames, num_codebooks)`` int64, without the end frame.
+
+        Raises:
+            InvalidInput: Bad parameters, codes, speaker, or a prompt over the position budget.
+            EngineError: Generation failed.
+        """
+        self._check_params(params)
+        with self._lock:
+            ids, context_codes = self._prompt.token_ids(context, speaker, text)  # validates
+            if len(ids) + params.max_frames > self.max_positions:
+                raise InvalidInput(
+                    f"prompt of {len(ids)} positions plus {params.max_frames} frames exceeds "
+                    f"the model's {self.max_positions} positions"
+                )
+            streamer = FrameStreamer(self.num_codebooks, self._prompt.codebook_eos_id, on_frame)
+            try:
+                inputs_embeds, attention_mask = self._prompt.embed_ids(ids, context_codes)
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                out = self._model.generate(
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=attention_mask,
+                    streamer=streamer,
+                    output_audio=False,
+                    **generate_kwargs(params),
+                )
+            except GenerationCancelled:
+                if streamer.callback_error is not None:
+                    raise streamer.callback_error from None
+                return self._frames_to_numpy(streamer.frames)
+            except Exception as exc:
+                raise EngineError(f"generation failed: {_one_line(exc)}") from exc
+            codes = out[0]  # (frames, n_q)
+            if codes.shape[0] and streamer.ended:
+                codes = codes[:-1]
+            return codes.cpu().numpy().astype(np.int64)
+
+    def _frames_to_numpy(self, frames: list[torch.Tensor]) -> np.ndarray:
+        if not frames:
+            return np.zeros((0, self.num_codebooks), dtype=np.int64)
+        return torch.stack(frames).cpu().numpy().astype(np.int64)
+
+    @staticmethod
+    def _check_params(params: SamplingParams) -> None:
+        if not params.temperature >= 0:  # also rejects NaN
+            raise InvalidInput(f"temperature must be >= 0, got {params.temperature}")
+        if params.top_k < 0:
+            raise InvalidInput(f"top_k must be >= 0, got {params.top_k}")
+        if params.max_frames < 1:
+            raise InvalidInput(f"max_frames must be >= 1, got {params.max_frames}")
