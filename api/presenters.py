@@ -68,6 +68,7 @@ def job_out(job: Job, *, redis: Redis, keys: RedisKeys) -> JobOut:
         model=job.model,
         test_model=job.test_model,
         attempts=job.attempts,
+        worker=job.worker,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

@@ -76,6 +76,7 @@ class JobOut(BaseModel):
     model: str | None
     test_model: bool
     attempts: int
+    worker: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -67,9 +67,11 @@ class Stack:
         self.client = TestClient(self.app)
         self.client.__enter__()
         self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Any] = []
 
     def start_worker(self, *, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        self._logs.append(log)
         full_env = {**os.environ, **self.env, **env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "parley", "worker"], env=full_env, stdout=log, stderr=log
@@ -104,6 +106,9 @@ class Stack:
                 proc.kill()
                 proc.wait()
         self.workers.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
 
     def close(self) -> None:
         self.stop_workers()

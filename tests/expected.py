@@ -1,0 +1,39 @@
+"""Expected codes, computed in the test process by the real engine from served codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tests.stack import Stack
+
+
+def served_codes(stack: Stack, cid: str, tid: str) -> np.ndarray:
+    """A turn's codes as the API serves them, (frames, n_q)."""
+    return np.asarray(stack.codes(cid, tid), dtype=np.int64).T
+
+
+def expected_codes(
+    engine: Any,
+    stack: Stack,
+    cid: str,
+    context_turns: list[dict[str, Any]],
+    speaker: int,
+    text: str,
+    **params: Any,
+) -> np.ndarray:
+    """What the engine speaks for ``text`` with exactly ``context_turns`` (oldest first)."""
+    from worker.engine.csm import ContextTurn, SamplingParams
+
+    context = [
+        ContextTurn(speaker=t["speaker"], text=t["text"], codes=served_codes(stack, cid, t["id"]))
+        for t in context_turns
+    ]
+    sampling = SamplingParams(
+        temperature=params.get("temperature", 0.0),
+        top_k=params.get("top_k", 50),
+        max_frames=params.get("max_audio_length_ms", 800) // 80,
+        seed=params.get("seed"),
+    )
+    return np.asarray(engine.generate(context, speaker, text, sampling))

@@ -1,0 +1,53 @@
+"""Cancelling a queued or a running job: it stops, stores nothing, and the conversation goes on."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from tests.expected import expected_codes, served_codes
+from tests.stack import Stack
+
+
+def _wait_running(stack: Stack, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = stack.client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"]["frames"] > 0:
+            return dict(job)
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.02)
+    raise TimeoutError(job_id)
+
+
+def test_cancel_queued_and_running(stack: Stack, engine: Any) -> None:
+    cid = stack.conversation()
+    first = stack.say(cid, 0, "A first turn that finishes.")
+    long = stack.say(cid, 1, "A long turn, cancelled while it runs.", max_audio_length_ms=30_000)
+    queued = stack.say(cid, 0, "A turn cancelled before it starts.")
+    r = stack.client.delete(f"/v1/jobs/{queued['job_id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert stack.wait_job(first["job_id"])["status"] == "succeeded"
+
+    running = _wait_running(stack, long["job_id"])
+    assert running["progress"]["frames"] < 375
+    r = stack.client.delete(f"/v1/jobs/{long['job_id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    after = stack.say(cid, 1, "The conversation goes on.")
+    assert stack.wait_job(after["job_id"])["status"] == "succeeded"
+
+    for job_id in (long["job_id"], queued["job_id"]):
+        job = stack.client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "cancelled" and job["audio_url"] is None
+    r = stack.client.get(f"/v1/conversations/{cid}/turns/{long['id']}/audio")
+    assert r.status_code == 409
+    # cancelling a finished job is a conflict, and changes nothing
+    r = stack.client.delete(f"/v1/jobs/{first['job_id']}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
+    # neither cancelled turn is context for the next one
+    want = expected_codes(engine, stack, cid, [first], 1, after["text"])
+    assert np.array_equal(served_codes(stack, cid, after["id"]), want)
+    statuses = [t["status"] for t in stack.client.get(f"/v1/conversations/{cid}/turns").json()]
+    assert statuses == ["succeeded", "cancelled", "cancelled", "succeeded"]
