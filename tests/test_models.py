@@ -44,7 +44,6 @@ def test_default_model_falls_back_to_the_test_model_and_says_so(
     stack.start_worker(
         PARLEY_MODEL="sesame/csm-1b",
         PARLEY_TINY_MODEL_DIR=str(tmp_path / "fallback-tiny"),
-        HF_HUB_OFFLINE="1",  # no hub here: fail fast instead of waiting on the network
     )
     assert "cannot be had" in stack.worker_logs()
     ready = stack.client.get("/readyz").json()

@@ -7,6 +7,11 @@ fall back, to the tiny random checkpoint, and then every job and /readyz say so.
 from __future__ import annotations
 
 import logging
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from huggingface_hub import constants as hub_constants
 
 from shared.errors import ModelLoadError
 from shared.settings import Settings
@@ -15,14 +20,30 @@ from worker.engine.tiny import build_tiny_checkpoint
 
 log = logging.getLogger(__name__)
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable() -> bool:
+    """Whether a TCP connection to the Hugging Face hub opens within a few seconds."""
+    url = urlsplit(hub_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
 
 def load_engine(settings: Settings) -> CsmEngine:
-    try:
+    if not settings.uses_default_model:
         return CsmEngine.load(settings.model, device=settings.device)
+    # The default may fall back. Without a reachable hub, take it from the local cache only:
+    # transformers would otherwise retry an unreachable hub for minutes before failing.
+    offline = not Path(settings.model).exists() and not hub_reachable()
+    try:
+        return CsmEngine.load(settings.model, device=settings.device, offline=offline)
     except ModelLoadError as exc:
-        if not settings.uses_default_model:
-            raise
-        reason = exc.message
+        reason = exc.message + (" (the hub is unreachable and it is not cached)" if offline else "")
     path = settings.tiny_model_dir
     log.warning(
         "the default model %s cannot be had (%s); serving the tiny random TEST checkpoint at %s "

@@ -10,17 +10,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 from transformers import AutoProcessor, CsmForConditionalGeneration, CsmProcessor
 
-from shared.errors import EngineError, InvalidInput, ModelLoadError
+from shared.errors import EngineError, ModelLoadError
 from worker.engine.generation import FrameStreamer, GenerationCancelled, generate_kwargs
-from worker.engine.hf import quiet_progress_bars
+from worker.engine.hf import config_int, quiet_progress_bars
 from worker.engine.prompt import PromptBuilder
 from worker.engine.tiny import TINY_MARKER
-from worker.engine.types import ContextTurn, SamplingParams
+from worker.engine.types import ContextTurn, SamplingParams, bad_input
 
 __all__ = ["ContextTurn", "CsmEngine", "SamplingParams"]
 
@@ -68,37 +69,54 @@ class CsmEngine:
         is_test_model: bool,
     ) -> None:
         """Wrap an already loaded model; use :meth:`load` instead."""
-        codec = model.config.codec_config
+        config = model.config
+        codec: Any = config.codec_config
         self.model_name = model_name
         self.is_test_model = is_test_model
         self.device = device
-        self.sample_rate = int(codec.sampling_rate)
+        self.sample_rate = config_int(codec.sampling_rate, "codec sampling_rate")
         self.frame_samples = int(round(codec.sampling_rate / codec.frame_rate))
-        self.num_codebooks = int(model.config.num_codebooks)
-        self.max_positions = int(model.config.max_position_embeddings)
-        self.codebook_size = int(codec.codebook_size)
+        self.num_codebooks = config_int(config.num_codebooks, "num_codebooks")
+        self.max_positions = config_int(config.max_position_embeddings, "max_position_embeddings")
+        self.codebook_size = config_int(codec.codebook_size, "codec codebook_size")
         self._model = model
         self._processor = processor
         self._prompt = PromptBuilder(processor.tokenizer, model, codebook_size=self.codebook_size)
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str, *, device: str = "auto") -> CsmEngine:
+    def load(cls, model: str, *, device: str = "auto", offline: bool = False) -> CsmEngine:
         """Load model and processor: bfloat16 on CUDA, float32 on CPU, in eval mode.
 
         Args:
             model: A hub id (``sesame/csm-1b``) or a local checkpoint folder.
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            offline: Take a hub id from the local Hugging Face cache only (fails at once when
+                it is not there, instead of retrying an unreachable hub for minutes).
 
         Raises:
             ModelLoadError: The model or processor could not be loaded or is not a usable CSM.
         """
+        local = Path(model).expanduser()
+        is_path = model.startswith(("/", ".", "~")) or local.exists()
+        if is_path and not local.is_dir():
+            raise ModelLoadError(f"could not load CSM model {model!r}: no such folder")
+        if is_path and not (local / "config.json").is_file():
+            # (from_pretrained would build a default csm-1b config and fail later, less clearly)
+            raise ModelLoadError(
+                f"could not load CSM model {model!r}: no config.json in the folder"
+            )
         try:
             resolved = _resolve_device(device)
             dtype = torch.bfloat16 if resolved.startswith("cuda") else torch.float32
+            source = str(local) if is_path else model
             with quiet_progress_bars():
-                processor = AutoProcessor.from_pretrained(model)
-                net = CsmForConditionalGeneration.from_pretrained(model, dtype=dtype)
+                net = CsmForConditionalGeneration.from_pretrained(
+                    source, dtype=dtype, local_files_only=is_path or offline
+                )
+                processor = AutoProcessor.from_pretrained(
+                    source, local_files_only=is_path or offline
+                )
             if not isinstance(processor, CsmProcessor):
                 raise TypeError(f"expected a CsmProcessor, got {type(processor).__name__}")
             net.to(resolved)
@@ -106,14 +124,13 @@ class CsmEngine:
             if resolved == "cpu":
                 # oneDNN primitive creation makes the first Mimi decode of each new length take
                 # 0.2-2 s on CPU; without it a decode takes tens of milliseconds.
-                torch.backends.mkldnn.enabled = False
-            local = Path(model)
+                torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
             engine = cls(
                 model_name=model,
                 model=net,
                 processor=processor,
                 device=resolved,
-                is_test_model=local.is_dir() and (local / TINY_MARKER).is_file(),
+                is_test_model=is_path and (local / TINY_MARKER).is_file(),
             )
             engine._check_prompt_format()
         except ModelLoadError:
@@ -132,12 +149,14 @@ class CsmEngine:
             )
         if not processor.chat_template:
             return
+        audio_item = {"type": "audio", "path": ""}  # not loaded: tokenize=False only renders
         probe = [
-            {"role": "0", "content": [{"type": "text", "text": "a"}, {"type": "audio", "path": ""}]},
+            {"role": "0", "content": [{"type": "text", "text": "a"}, audio_item]},
             {"role": "1", "content": [{"type": "text", "text": "b"}]},
         ]
-        rendered = processor.apply_chat_template(probe, tokenize=False)
-        expected = self._prompt.render(0, "a", audio=True) + self._prompt.render(1, "b", audio=False)
+        rendered = processor.apply_chat_template(cast(Any, probe), tokenize=False)
+        render = self._prompt.render
+        expected = render(0, "a", audio=True) + render(1, "b", audio=False)
         if rendered != expected:
             raise ModelLoadError(
                 f"CSM model {self.model_name!r}: unsupported chat template "
@@ -157,17 +176,17 @@ class CsmEngine:
         (the processor's float32 samples, one codec call per audio segment).
 
         Raises:
-            InvalidInput: Not a non-empty 1-D array of finite floats.
-            EngineError: The codec failed.
+            EngineError: Not a non-empty 1-D array of finite floats (code ``invalid_input``),
+                or the codec failed.
         """
         arr = np.asarray(audio)
         if arr.ndim != 1 or arr.size == 0:
-            raise InvalidInput(f"audio must be non-empty 1-D samples, got shape {arr.shape}")
+            raise bad_input(f"audio must be non-empty 1-D samples, got shape {arr.shape}")
         if not np.issubdtype(arr.dtype, np.floating):
-            raise InvalidInput(f"audio samples must be floats, got dtype {arr.dtype}")
+            raise bad_input(f"audio samples must be floats, got dtype {arr.dtype}")
         samples = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(samples).all():
-            raise InvalidInput("audio contains NaN or infinite samples")
+            raise bad_input("audio contains NaN or infinite samples")
         codec = self._model.codec_model
         with self._lock:
             try:
@@ -185,8 +204,8 @@ class CsmEngine:
             ``frames * frame_samples`` samples.
 
         Raises:
-            InvalidInput: Wrong shape, dtype or code range.
-            EngineError: The codec failed.
+            EngineError: Wrong shape, dtype or code range (code ``invalid_input``), or the
+                codec failed.
         """
         arr = self._prompt.check_codes(codes)
         if arr.shape[0] == 0:
@@ -240,16 +259,18 @@ class CsmEngine:
             Codes ``(frames, num_codebooks)`` int64, without the end frame.
 
         Raises:
-            InvalidInput: Bad parameters, codes, speaker, or a prompt over the position budget.
-            EngineError: Generation failed.
+            EngineError: Generation failed; code ``invalid_input`` for bad parameters, codes
+                or speaker, ``prompt_too_long`` when prompt plus ``max_frames`` exceeds
+                ``max_positions``.
         """
         self._check_params(params)
         with self._lock:
             ids, context_codes = self._prompt.token_ids(context, speaker, text)  # validates
             if len(ids) + params.max_frames > self.max_positions:
-                raise InvalidInput(
+                raise bad_input(
                     f"prompt of {len(ids)} positions plus {params.max_frames} frames exceeds "
-                    f"the model's {self.max_positions} positions"
+                    f"the model's {self.max_positions} positions",
+                    code="prompt_too_long",
                 )
             streamer = FrameStreamer(self.num_codebooks, self._prompt.codebook_eos_id, on_frame)
             try:
@@ -282,8 +303,8 @@ class CsmEngine:
     @staticmethod
     def _check_params(params: SamplingParams) -> None:
         if not params.temperature >= 0:  # also rejects NaN
-            raise InvalidInput(f"temperature must be >= 0, got {params.temperature}")
+            raise bad_input(f"temperature must be >= 0, got {params.temperature}")
         if params.top_k < 0:
-            raise InvalidInput(f"top_k must be >= 0, got {params.top_k}")
+            raise bad_input(f"top_k must be >= 0, got {params.top_k}")
         if params.max_frames < 1:
-            raise InvalidInput(f"max_frames must be >= 1, got {params.max_frames}")
+            raise bad_input(f"max_frames must be >= 1, got {params.max_frames}")

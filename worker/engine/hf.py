@@ -18,3 +18,10 @@ def quiet_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def config_int(value: object, name: str) -> int:
+    """``value`` (a model config field) as an int; ValueError when it is not a single integer."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"model config {name} is {value!r}, expected a single integer")
+    return value

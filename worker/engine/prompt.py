@@ -11,14 +11,15 @@ known, so context audio is never encoded twice.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers import CsmForConditionalGeneration, PreTrainedTokenizerBase
 
-from shared.errors import InvalidInput
-from worker.engine.types import ContextTurn
+from worker.engine.hf import config_int
+from worker.engine.types import ContextTurn, bad_input
 
 
 class PromptBuilder:
@@ -42,13 +43,14 @@ class PromptBuilder:
         if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no bos or eos token")
         self._tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()
         self._model = model
         self.bos_id: int = int(tokenizer.bos_token_id)
         self.eos_id: int = int(tokenizer.eos_token_id)
-        self.audio_id: int = int(config.audio_token_id)
-        self.audio_eos_id: int = int(config.audio_eos_token_id)
-        self.num_codebooks: int = int(config.num_codebooks)
-        self.codebook_eos_id: int = int(config.codebook_eos_token_id)
+        self.audio_id = config_int(config.audio_token_id, "audio_token_id")
+        self.audio_eos_id = config_int(config.audio_eos_token_id, "audio_eos_token_id")
+        self.num_codebooks = config_int(config.num_codebooks, "num_codebooks")
+        self.codebook_eos_id = config_int(config.codebook_eos_token_id, "codebook_eos_token_id")
         self.codebook_size = codebook_size
 
     def render(self, speaker: int, text: str, *, audio: bool) -> str:
@@ -64,26 +66,27 @@ class PromptBuilder:
         ...) becomes ordinary characters, so user text can never forge audio positions.
         """
         if not isinstance(speaker, int) or isinstance(speaker, bool) or speaker < 0:
-            raise InvalidInput(f"speaker must be a non-negative integer, got {speaker!r}")
+            raise bad_input(f"speaker must be a non-negative integer, got {speaker!r}")
         if not isinstance(text, str):
-            raise InvalidInput("text must be a string")
-        body = self._tokenizer.encode(
-            f"[{speaker}]{text}", add_special_tokens=False, split_special_tokens=True
-        )
+            raise bad_input("text must be a string")
+        with self._tokenizer_lock:  # a fast tokenizer may not be entered by two threads at once
+            body = self._tokenizer.encode(
+                f"[{speaker}]{text}", add_special_tokens=False, split_special_tokens=True
+            )
         return [self.bos_id, *body, self.eos_id]
 
     def check_codes(self, codes: np.ndarray) -> np.ndarray:
         """Validate a ``(frames, num_codebooks)`` code array; return it as int64."""
         arr = np.asarray(codes)
         if arr.ndim != 2 or arr.shape[1] != self.num_codebooks:
-            raise InvalidInput(
+            raise bad_input(
                 f"codes must have shape (frames, {self.num_codebooks}), got {tuple(arr.shape)}"
             )
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise InvalidInput(f"codes must be integers, got dtype {arr.dtype}")
+            raise bad_input(f"codes must be integers, got dtype {arr.dtype}")
         arr = arr.astype(np.int64, copy=False)
         if arr.size and (arr.min() < 0 or arr.max() >= self.codebook_size):
-            raise InvalidInput(f"codes must lie in [0, {self.codebook_size})")
+            raise bad_input(f"codes must lie in [0, {self.codebook_size})")
         return arr
 
     def turn_cost(self, turn: ContextTurn) -> int:

@@ -2,8 +2,10 @@
 
 The checkpoint has the same layout as ``sesame/csm-1b`` (model, generation config, byte-level
 tokenizer, Mimi feature extractor, chat template), so it loads through exactly the same code
-path: ``CsmForConditionalGeneration.from_pretrained(dir)`` and ``AutoProcessor.from_pretrained(dir)``.
-Only the sizes differ: hidden 32, one layer, 4 codebooks, a codec codebook of 64 entries.
+path: ``CsmForConditionalGeneration.from_pretrained(dir)`` and
+``AutoProcessor.from_pretrained(dir)``. Only the sizes differ: hidden 32, one layer,
+4 codebooks, a codec codebook of 64 entries; weights drawn with std 0.2 (not transformers'
+0.02), so that the context and the text visibly change the generated codes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ AUDIO_EOS_TOKEN = "<|audio_eos|>"
 NUM_CODEBOOKS = 4
 CODEBOOK_SIZE = 64  # Mimi codebook entries; the CSM audio vocab adds 3 (eos is 0, pad is the last)
 HIDDEN = 32
+INIT_STD = 0.2  # large enough that context and text visibly steer the codes
 
 # csm-1b's chat template (from transformers' convert_csm.py): roles are speaker ids, every
 # message but the last carries exactly one text and one audio item, the text comes first.
@@ -99,9 +102,16 @@ def _build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int):
+        raise TypeError(f"token {token!r} has no single id")
+    return token_id
+
+
 def _build_config(tokenizer: PreTrainedTokenizerFast) -> CsmConfig:
     audio_vocab = CODEBOOK_SIZE + 3
-    audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    audio_token_id = _token_id(tokenizer, AUDIO_TOKEN)
     codec = MimiConfig(
         hidden_size=HIDDEN,
         num_filters=4,
@@ -129,6 +139,7 @@ def _build_config(tokenizer: PreTrainedTokenizerFast) -> CsmConfig:
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=NUM_CODEBOOKS + 1,
+        initializer_range=INIT_STD,
     )
     return CsmConfig(
         num_codebooks=NUM_CODEBOOKS,
@@ -140,10 +151,11 @@ def _build_config(tokenizer: PreTrainedTokenizerFast) -> CsmConfig:
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=2048,  # same position budget as csm-1b
+        initializer_range=INIT_STD,
         pad_token_id=audio_token_id,  # as csm-1b: pad_token_id == audio_token_id
         bos_token_id=tokenizer.bos_token_id,
         audio_token_id=audio_token_id,
-        audio_eos_token_id=tokenizer.convert_tokens_to_ids(AUDIO_EOS_TOKEN),
+        audio_eos_token_id=_token_id(tokenizer, AUDIO_EOS_TOKEN),
         codebook_pad_token_id=audio_vocab - 1,
         codebook_eos_token_id=0,
         depth_decoder_config=depth,

@@ -6,6 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.errors import EngineError
+
+
+def bad_input(message: str, *, code: str = "invalid_input") -> EngineError:
+    """An ``EngineError`` for input the engine refuses (bad codes, audio, speaker, params)."""
+    return EngineError(message, code=code)
+
 
 @dataclass(frozen=True)
 class ContextTurn:
