@@ -94,48 +94,51 @@ class ContextStore:
         """The up to ``limit`` newest finished turns before ``before_index``, newest first."""
         if limit <= 0:
             return []
-        rows = session.execute(
-            select(Turn.id, Turn.index, Turn.speaker, Turn.text)
-            .where(
-                Turn.conversation_id == conversation_id,
-                Turn.index < before_index,
-                Turn.status == JobStatus.SUCCEEDED,
+        rows: list[tuple[str, int, int, str]] = [
+            (r[0], r[1], r[2], r[3])
+            for r in session.execute(
+                select(Turn.id, Turn.index, Turn.speaker, Turn.text)
+                .where(
+                    Turn.conversation_id == conversation_id,
+                    Turn.index < before_index,
+                    Turn.status == JobStatus.SUCCEEDED,
+                )
+                .order_by(Turn.index.desc())
+                .limit(limit)
             )
-            .order_by(Turn.index.desc())
-            .limit(limit)
-        ).all()
+        ]
         if not rows:
             return []
         key = self.key(conversation_id)
-        cached = self.redis.hmget(key, [_field(r.index) for r in rows])
+        cached: list[bytes | None] = self.redis.hmget(key, [_field(r[1]) for r in rows])  # type: ignore[assignment]
         entries: dict[str, ContextEntry] = {}
-        for row, blob in zip(rows, cached, strict=True):
+        for (turn_id, _index, _speaker, _text), blob in zip(rows, cached, strict=True):
             if blob is not None:
                 entry = ContextEntry.from_bytes(blob)
-                if entry.turn_id == row.id:
-                    entries[row.id] = entry
-        missing = [r for r in rows if r.id not in entries]
+                if entry.turn_id == turn_id:
+                    entries[turn_id] = entry
+        missing = [r for r in rows if r[0] not in entries]
         if missing:
             media = {
                 m.turn_id: m
                 for m in session.scalars(
-                    select(TurnMedia).where(TurnMedia.turn_id.in_([r.id for r in missing]))
+                    select(TurnMedia).where(TurnMedia.turn_id.in_([r[0] for r in missing]))
                 )
             }
-            for row in missing:
-                m = media.get(row.id)
+            for turn_id, index, speaker, text in missing:
+                m = media.get(turn_id)
                 if m is None or m.codes is None or m.n_q is None:
                     continue  # a finished turn always has codes; skip rather than fail a turn
                 entry = ContextEntry(
-                    turn_id=row.id,
-                    index=row.index,
-                    speaker=row.speaker,
-                    text=row.text,
+                    turn_id=turn_id,
+                    index=index,
+                    speaker=speaker,
+                    text=text,
                     codes=codes_from_bytes(m.codes, m.n_q),
                 )
-                entries[row.id] = entry
+                entries[turn_id] = entry
                 self.put(conversation_id, entry, keep=limit)
-        return [entries[r.id] for r in rows if r.id in entries]
+        return [entries[r[0]] for r in rows if r[0] in entries]
 
 
 def select_window(costs_newest_first: Sequence[int], *, budget: int) -> int:

@@ -17,7 +17,9 @@ def chirp(seconds: float, rate: int = 24_000, *, channels: int = 1, seed: int = 
     return np.stack([mono] * channels, axis=1) if channels > 1 else mono
 
 
-def audio_file(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+def audio_file(
+    samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None = None
+) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format=fmt, subtype=subtype)
     return buf.getvalue()

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from api.app import create_app
+from shared.keys import RedisKeys
 from shared.migrate import upgrade
 from shared.settings import Settings
 from shared.workers import live_workers
-from shared.keys import RedisKeys
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -60,7 +60,9 @@ class Stack:
             "PARLEY_WORKER_HEARTBEAT_S": "1",
         }
         self.env.update({f"PARLEY_{k.upper()}": str(v) for k, v in settings.items()})
-        self.settings = Settings(**{k.removeprefix("PARLEY_").lower(): v for k, v in self.env.items()})
+        self.settings = Settings(
+            **{k.removeprefix("PARLEY_").lower(): v for k, v in self.env.items()}
+        )
         self.redis = Redis.from_url(REDIS_URL)
         self.keys = RedisKeys(self.settings.redis_prefix)
         self.app = create_app(self.settings)
@@ -93,7 +95,9 @@ class Stack:
         raise TimeoutError(f"{count} workers did not come up:\n{self.worker_logs()}")
 
     def worker_logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.tmp.glob("worker-*.log"))
+        return "\n".join(
+            p.read_text(errors="replace")[-4000:] for p in self.tmp.glob("worker-*.log")
+        )
 
     def stop_workers(self) -> None:
         for proc in self.workers:
@@ -128,12 +132,15 @@ class Stack:
         params.setdefault("max_audio_length_ms", 800)
         params.setdefault("temperature", 0)
         r = self.client.post(
-            f"/v1/conversations/{cid}/turns", json={"speaker": speaker, "text": text, "params": params}
+            f"/v1/conversations/{cid}/turns",
+            json={"speaker": speaker, "text": text, "params": params},
         )
         assert r.status_code == 202, r.text
         return dict(r.json())
 
-    def upload(self, cid: str, speaker: int, text: str, data: bytes, name: str = "a.wav") -> dict[str, Any]:
+    def upload(
+        self, cid: str, speaker: int, text: str, data: bytes, name: str = "a.wav"
+    ) -> dict[str, Any]:
         r = self.client.post(
             f"/v1/conversations/{cid}/turns",
             data={"speaker": str(speaker), "text": text},

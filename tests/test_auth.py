@@ -56,7 +56,9 @@ def test_other_tenants_see_404(api: Stack) -> None:
         r = api.client.request(method, path, headers=bearer("beta-key"))
         assert r.status_code == 404, (method, path, r.text)
     r = api.client.post(
-        f"/v1/conversations/{cid}/turns", json={"speaker": 0, "text": "x"}, headers=bearer("beta-key")
+        f"/v1/conversations/{cid}/turns",
+        json={"speaker": 0, "text": "x"},
+        headers=bearer("beta-key"),
     )
     assert r.status_code == 404
     # the owner still sees everything, unchanged

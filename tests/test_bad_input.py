@@ -12,7 +12,9 @@ from tests.stack import Stack
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     from tests.stack import database
 
     tmp = tmp_path_factory.mktemp("bad-input")
@@ -119,7 +121,9 @@ def test_upload_missing_fields(api: Stack) -> None:
     )
     _assert_error(r, 422, "invalid_speaker")
     r = api.client.post(
-        f"/v1/conversations/{cid}/turns", data={"speaker": "0", "text": "hi"}, files={"other": ("a", b"x")}
+        f"/v1/conversations/{cid}/turns",
+        data={"speaker": "0", "text": "hi"},
+        files={"other": ("a", b"x")},
     )
     _assert_error(r, 422, "missing_audio")
     assert _state(api, cid) == (0, [])

@@ -48,7 +48,9 @@ def test_window_leaves_out_old_turns_past_the_position_budget(
         assert stack.wait_job(t["job_id"])["status"] == "succeeded"
     costs = [
         engine.turn_cost(
-            ContextTurn(speaker=t["speaker"], text=t["text"], codes=served_codes(stack, cid, t["id"]))
+            ContextTurn(
+                speaker=t["speaker"], text=t["text"], codes=served_codes(stack, cid, t["id"])
+            )
         )
         for t in provided
     ]

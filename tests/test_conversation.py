@@ -67,7 +67,9 @@ def test_conversation_end_to_end(stack: Stack, engine: Any) -> None:
     for turn, params in zip(
         turns, [{}, {"temperature": 0.9, "top_k": 20, "seed": 7}, {}], strict=True
     ):
-        expected = expected_codes(engine, stack, cid, history, turn["speaker"], turn["text"], **params)
+        expected = expected_codes(
+            engine, stack, cid, history, turn["speaker"], turn["text"], **params
+        )
         assert np.array_equal(served_codes(stack, cid, turn["id"]), expected)
         history.append(turn)
 

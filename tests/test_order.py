@@ -40,7 +40,13 @@ def test_order_under_load(make_stack: Callable[..., Stack], engine: Any, db_kind
         turns = posted[cid]
         for k, turn in enumerate(turns):
             want = expected_codes(
-                engine, stack, cid, turns[:k], turn["speaker"], turn["text"], max_audio_length_ms=1600
+                engine,
+                stack,
+                cid,
+                turns[:k],
+                turn["speaker"],
+                turn["text"],
+                max_audio_length_ms=1600,
             )
             assert np.array_equal(served_codes(stack, cid, turn["id"]), want)
 

@@ -8,7 +8,6 @@ Create Date: 2026-11-23 18:07:42.593654
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0001"
