@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from shared.redis_server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
+    # uvicorn re-raises SIGTERM after its own shutdown; make that an exit through `finally`
+    # below, so the workers and Redis started here stop with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     children: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)
     if not redis_answers(settings.redis_url):
