@@ -26,6 +26,25 @@ def _allocate_index(session: Session, *, owner: str, conversation_id: str) -> in
     return index - 1
 
 
+def _add_turn(
+    session: Session,
+    *,
+    owner: str,
+    conversation_id: str,
+    kind: JobKind,
+    media: TurnMedia | None = None,
+    **fields: Any,
+) -> Turn:
+    """Append a turn with its queued job at the conversation's next index (taking its lock)."""
+    index = _allocate_index(session, owner=owner, conversation_id=conversation_id)
+    turn = Turn(conversation_id=conversation_id, index=index, **fields)
+    turn.job = Job(conversation_id=conversation_id, kind=kind)
+    turn.media = media
+    session.add(turn)
+    session.flush()
+    return turn
+
+
 def create_generated_turn(
     session: Session,
     *,
@@ -36,19 +55,16 @@ def create_generated_turn(
     params: dict[str, Any],
 ) -> Turn:
     """A turn for CSM to speak, with its queued job."""
-    index = _allocate_index(session, owner=owner, conversation_id=conversation_id)
-    turn = Turn(
+    return _add_turn(
+        session,
+        owner=owner,
         conversation_id=conversation_id,
-        index=index,
+        kind=JobKind.GENERATE,
         speaker=speaker,
         text=text,
         source=TurnSource.GENERATED,
         params=params,
     )
-    turn.job = Job(conversation_id=conversation_id, kind=JobKind.GENERATE)
-    session.add(turn)
-    session.flush()
-    return turn
 
 
 def create_provided_turn(
@@ -63,21 +79,18 @@ def create_provided_turn(
     sample_rate: int,
 ) -> Turn:
     """A turn the user spoke. Its audio is stored now; a job encodes it to codes, in order."""
-    index = _allocate_index(session, owner=owner, conversation_id=conversation_id)
-    turn = Turn(
+    return _add_turn(
+        session,
+        owner=owner,
         conversation_id=conversation_id,
-        index=index,
+        kind=JobKind.ENCODE,
+        media=TurnMedia(audio_flac=audio_flac),
         speaker=speaker,
         text=text,
         source=TurnSource.PROVIDED,
         duration_ms=round(n_samples * 1000 / sample_rate),
         sample_rate=sample_rate,
     )
-    turn.job = Job(conversation_id=conversation_id, kind=JobKind.ENCODE)
-    turn.media = TurnMedia(audio_flac=audio_flac)
-    session.add(turn)
-    session.flush()
-    return turn
 
 
 def list_turns(session: Session, *, conversation_id: str) -> list[Turn]:
