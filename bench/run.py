@@ -49,7 +49,7 @@ def wait_ready(client: httpx.Client, timeout: float = 180) -> dict:
 
 def measure(client: httpx.Client, *, turns: int, frames: int) -> dict[str, list[float]]:
     cid = client.post("/v1/conversations", json={"max_context_turns": 4}).json()["id"]
-    to_running, to_done = [], []
+    to_running, to_done, post = [], [], []
     for i in range(turns):
         t0 = time.perf_counter()
         turn = client.post(
@@ -60,6 +60,7 @@ def measure(client: httpx.Client, *, turns: int, frames: int) -> dict[str, list[
                 "params": {"max_audio_length_ms": frames * 80, "temperature": 0.9, "seed": i},
             },
         ).json()
+        post.append(1000 * (time.perf_counter() - t0))
         running_at = None
         while True:
             job = client.get(f"/v1/jobs/{turn['job_id']}").json()
@@ -73,7 +74,7 @@ def measure(client: httpx.Client, *, turns: int, frames: int) -> dict[str, list[
             raise RuntimeError(f"turn failed: {job}")
         to_running.append(1000 * ((running_at or now) - t0))
         to_done.append(1000 * (now - t0))
-    return {"post_to_running_ms": to_running, "post_to_done_ms": to_done}
+    return {"post_ms": post, "post_to_running_ms": to_running, "post_to_done_ms": to_done}
 
 
 def main() -> int:
@@ -121,6 +122,7 @@ def main() -> int:
         "test_model": ready.get("test_model"),
         "turns": args.turns,
         "frames_per_turn": args.frames,
+        "median_post_ms": statistics.median(samples["post_ms"]),
         "median_post_to_running_ms": statistics.median(samples["post_to_running_ms"]),
         "median_post_to_done_ms": done,
         "median_ms_per_frame": done / args.frames,
@@ -130,6 +132,7 @@ def main() -> int:
     print(f"model: {result['model']}")
     print(f"{'metric':<34}{'median':>12}")
     for key in (
+        "median_post_ms",
         "median_post_to_running_ms",
         "median_post_to_done_ms",
         "median_ms_per_frame",

@@ -142,4 +142,9 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
     codes = engine.generate(window, plan.speaker, plan.text, sampling, on_frame=on_frame)
     if rt.redis.exists(cancel_key):
         raise Cancelled()
+    if codes.shape[0] == 0:
+        raise EngineError(
+            "the model ended the turn before producing any audio; try another seed or temperature",
+            code="empty_audio",
+        )
     return codes, audio.encode(engine.decode(codes), "flac")
