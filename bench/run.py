@@ -23,6 +23,9 @@ import uuid
 from pathlib import Path
 
 import httpx
+from redis import Redis
+
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.005  # a client polling every 5 ms: fine-grained, without starving the worker's CPU
@@ -77,6 +80,14 @@ def measure(client: httpx.Client, *, turns: int, frames: int) -> dict[str, list[
     return {"post_ms": post, "post_to_running_ms": to_running, "post_to_done_ms": to_done}
 
 
+def _drop_keys(prefix: str) -> None:
+    """Leave the shared Redis as we found it."""
+    redis = Redis.from_url(Settings().redis_url)
+    for key in redis.scan_iter(match=f"{prefix}:*", count=500):
+        redis.delete(key)
+    redis.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=20)
@@ -115,6 +126,7 @@ def main() -> int:
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+        _drop_keys(env["PARLEY_REDIS_PREFIX"])
     audio_ms = args.frames * 80
     done = statistics.median(samples["post_to_done_ms"])
     result = {
