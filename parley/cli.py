@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -61,7 +60,6 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     # below, so the workers and Redis started here stop with us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     children: list[subprocess.Popen[bytes]] = []
-    env = dict(os.environ)
     if not redis_answers(settings.redis_url):
         url = urlsplit(settings.redis_url)
         port = url.port or 6379
@@ -75,7 +73,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
     try:
         for _ in range(args.workers):
-            children.append(subprocess.Popen([sys.executable, "-m", "parley", "worker"], env=env))
+            children.append(subprocess.Popen([sys.executable, "-m", "parley", "worker"]))
         return cmd_api(settings, args)
     finally:
         for child in reversed(children):

@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.audio import FRAME_MS
 from shared.errors import NotFound
 from shared.models import Conversation, Job, JobKind, Turn, TurnMedia, TurnSource
 
@@ -110,7 +109,3 @@ def get_turn(session: Session, *, conversation_id: str, turn_id: str) -> Turn:
 
 def get_media(session: Session, *, turn_id: str) -> TurnMedia | None:
     return session.get(TurnMedia, turn_id)
-
-
-def frames_to_ms(frames: int) -> int:
-    return frames * FRAME_MS

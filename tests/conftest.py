@@ -22,10 +22,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir: Path) -> Any:
-    """The real engine on the tiny checkpoint, in the test process (for expected codes)."""
+    """The real engine on the tiny checkpoint, warmed up, in the test process."""
     from worker.engine.csm import CsmEngine
 
-    return CsmEngine.load(str(tiny_model_dir), device="cpu")
+    engine = CsmEngine.load(str(tiny_model_dir), device="cpu")
+    engine.warm_up()
+    return engine
 
 
 @pytest.fixture

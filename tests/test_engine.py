@@ -21,22 +21,6 @@ SR = 24000
 NEW_SPEAKER = 1
 NEW_TEXT = "Great to hear, let's go."
 
-# ---------------------------------------------------------------- fixtures (move to conftest.py)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random CSM checkpoint, built once per session."""
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("csm-tiny"), seed=0)
-
-
-@pytest.fixture(scope="session")
-def engine(tiny_checkpoint: Path) -> CsmEngine:
-    """The engine on the tiny checkpoint, warmed up."""
-    eng = CsmEngine.load(str(tiny_checkpoint), device="cpu")
-    eng.warm_up()
-    return eng
-
 
 def _chirp(seconds: float, f0: float, f1: float) -> np.ndarray:
     t = np.arange(int(seconds * SR)) / SR
@@ -145,9 +129,9 @@ def test_load_failures_raise_model_load_error(tmp_path: Path) -> None:
         CsmEngine.load(str(empty))
 
 
-def test_folder_with_processor_but_no_weights(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_folder_with_processor_but_no_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
     partial = tmp_path / "partial"
-    shutil.copytree(tiny_checkpoint, partial)
+    shutil.copytree(tiny_model_dir, partial)
     (partial / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="partial"):
         CsmEngine.load(str(partial))
@@ -159,7 +143,7 @@ def test_folder_with_processor_but_no_weights(tmp_path: Path, tiny_checkpoint: P
 @pytest.mark.parametrize("n_context", [3, 2, 0])
 def test_generate_from_codes_equals_raw_audio_path(
     engine: CsmEngine,
-    tiny_checkpoint: Path,
+    tiny_model_dir: Path,
     conversation_audio: list[tuple[int, str, np.ndarray]],
     n_context: int,
 ) -> None:
@@ -288,8 +272,8 @@ def test_on_frame_cancels_after_three_frames(
         engine.generate([], 0, "x", SamplingParams(max_frames=3), on_frame=boom)
 
 
-def test_end_frame_stops_generation_and_is_dropped(tiny_checkpoint: Path) -> None:
-    eng = CsmEngine.load(str(tiny_checkpoint), device="cpu")
+def test_end_frame_stops_generation_and_is_dropped(tiny_model_dir: Path) -> None:
+    eng = CsmEngine.load(str(tiny_model_dir), device="cpu")
     model = eng._model
     # Allow only code 0 everywhere: the first frame is the end frame.
     only_zero = list(range(1, model.config.vocab_size))

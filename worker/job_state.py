@@ -138,6 +138,14 @@ def fail_job(session: Session, plan: JobPlan, *, code: str, message: str) -> str
     return next_job_id
 
 
+def release_job(session: Session, plan: JobPlan) -> str | None:
+    """Hand the conversation on after a job the API cancelled (its row is already final)."""
+    _lock_running(session, plan)
+    next_job_id = _claim_if_present(session, plan.conversation_id)
+    session.commit()
+    return next_job_id
+
+
 def _claim_if_present(session: Session, conversation_id: str) -> str | None:
     if session.get(Conversation, conversation_id) is None:
         return None

@@ -17,7 +17,7 @@ from shared.keys import JOB_KEY_TTL_S
 from shared.models import JobKind, TurnMedia
 from shared.queue import enqueue_job
 from worker.engine.csm import ContextTurn, SamplingParams
-from worker.job_state import JobPlan, fail_job, start_job, succeed_job
+from worker.job_state import JobPlan, fail_job, release_job, start_job, succeed_job
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,8 @@ def run_job(rt: WorkerRuntime, job_id: str) -> None:
         else:
             codes, flac = _generate(rt, plan)
     except Cancelled:
-        # The API already marked the job cancelled; fail_job leaves a non-running job as it
-        # is and only hands the conversation on.
         with rt.sessions() as session:
-            next_job_id = fail_job(session, plan, code="cancelled", message="cancelled")
+            next_job_id = release_job(session, plan)
         _enqueue(rt, next_job_id)
         return
     except Exception as exc:  # the engine boundary: any failure fails this job, not the worker
@@ -102,19 +100,16 @@ def _encode(rt: WorkerRuntime, plan: JobPlan) -> np.ndarray:
 def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
     engine = rt.engine
     params = plan.params
-    max_frames = max(1, int(params.get("max_audio_length_ms") or 10_000) // audio.FRAME_MS)
+    length_ms = params.get("max_audio_length_ms") or rt.settings.default_audio_length_ms
+    max_frames = max(1, int(length_ms) // audio.FRAME_MS)
     with rt.sessions() as session:
         candidates = rt.context.candidates(
             session, plan.conversation_id, before_index=plan.index, limit=plan.max_context_turns
         )
     context = [ContextTurn(speaker=e.speaker, text=e.text, codes=e.codes) for e in candidates]
+    # A turn that does not fit even alone gets an empty window; the engine then refuses it
+    # with prompt_too_long.
     budget = engine.max_positions - engine.request_cost(plan.speaker, plan.text) - max_frames
-    if budget < 0:
-        raise EngineError(
-            f"the turn's own text and max_audio_length_ms need {engine.max_positions - budget} "
-            f"positions; the model has {engine.max_positions}",
-            code="prompt_too_long",
-        )
     keep = select_window([engine.turn_cost(t) for t in context], budget=budget)
     window = list(reversed(context[:keep]))
     if keep < len(context):
@@ -126,12 +121,15 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
             budget,
         )
     frames_key, cancel_key = rt.keys.job_frames(plan.job_id), rt.keys.job_cancel(plan.job_id)
+    cancelled = False
 
     def on_frame(frames: int) -> bool:
+        nonlocal cancelled
         pipe = rt.redis.pipeline()
         pipe.set(frames_key, frames, ex=JOB_KEY_TTL_S)
         pipe.exists(cancel_key)
-        return bool(pipe.execute()[1])
+        cancelled = bool(pipe.execute()[1])
+        return cancelled
 
     sampling = SamplingParams(
         temperature=float(params.get("temperature", 0.9)),
@@ -140,7 +138,7 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
         seed=params.get("seed"),
     )
     codes = engine.generate(window, plan.speaker, plan.text, sampling, on_frame=on_frame)
-    if rt.redis.exists(cancel_key):
+    if cancelled:
         raise Cancelled()
     if codes.shape[0] == 0:
         raise EngineError(
