@@ -239,10 +239,14 @@ def test_invalid_inputs(engine: CsmEngine) -> None:
 # ---------------------------------------------------------------- 5. cancel
 
 
-def _counting(stop_at: int, seen: list[int]) -> Callable[[int], bool]:
-    def on_frame(n: int) -> bool:
-        seen.append(n)
-        return n >= stop_at
+def _counting(
+    stop_at: int, seen: list[int], frames: list[np.ndarray] | None = None
+) -> Callable[[np.ndarray], bool]:
+    def on_frame(frame: np.ndarray) -> bool:
+        seen.append(len(seen) + 1)
+        if frames is not None:
+            frames.append(frame)
+        return len(seen) >= stop_at
 
     return on_frame
 
@@ -253,9 +257,11 @@ def test_on_frame_cancels_after_three_frames(
     context = _context(engine, conversation_audio[:1])
     params = SamplingParams(max_frames=10, seed=5)
     seen: list[int] = []
-    codes = engine.generate(context, 1, "Stop me.", params, on_frame=_counting(3, seen))
+    frames: list[np.ndarray] = []
+    codes = engine.generate(context, 1, "Stop me.", params, on_frame=_counting(3, seen, frames))
     assert codes.shape == (3, 4)
     assert seen == [1, 2, 3]
+    np.testing.assert_array_equal(np.stack(frames), codes)  # each frame as it came
     full = engine.generate(context, 1, "Stop me.", params)
     np.testing.assert_array_equal(codes, full[:3])
 
@@ -265,7 +271,7 @@ def test_on_frame_cancels_after_three_frames(
     )
     assert seen == [1, 2, 3, 4]
 
-    def boom(n: int) -> bool:
+    def boom(frame: np.ndarray) -> bool:
         raise KeyError("from the callback")
 
     with pytest.raises(KeyError, match="from the callback"):

@@ -122,9 +122,11 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
         )
     frames_key, cancel_key = rt.keys.job_frames(plan.job_id), rt.keys.job_cancel(plan.job_id)
     cancelled = False
+    frames = 0
 
-    def on_frame(frames: int) -> bool:
-        nonlocal cancelled
+    def on_frame(frame: np.ndarray) -> bool:
+        nonlocal cancelled, frames
+        frames += 1
         pipe = rt.redis.pipeline()
         pipe.set(frames_key, frames, ex=JOB_KEY_TTL_S)
         pipe.exists(cancel_key)

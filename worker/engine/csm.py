@@ -239,7 +239,7 @@ class CsmEngine:
         text: str,
         params: SamplingParams,
         *,
-        on_frame: Callable[[int], bool] | None = None,
+        on_frame: Callable[[np.ndarray], bool] | None = None,
     ) -> np.ndarray:
         """Generate the codes of ``speaker`` saying ``text`` after ``context``.
 
@@ -252,8 +252,8 @@ class CsmEngine:
             speaker: Speaker id of the new turn.
             text: Text of the new turn.
             params: Sampling settings (temperature 0 = greedy; ``seed`` for reproducibility).
-            on_frame: Called with the number of frames so far after each frame; return True
-                to stop early. An exception it raises propagates unchanged.
+            on_frame: Called with each new frame's codes ``(num_codebooks,)`` int64 (never the
+                end frame); return True to stop early. An exception it raises propagates unchanged.
 
         Returns:
             Codes ``(frames, num_codebooks)`` int64, without the end frame.

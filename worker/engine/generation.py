@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.generation.streamers import BaseStreamer
 
@@ -42,8 +43,8 @@ class GenerationCancelled(Exception):
 class FrameStreamer(BaseStreamer):
     """Collects generated code frames and reports each one to an ``on_frame`` callback.
 
-    ``on_frame(n)`` is called with the number of frames so far after every frame except the end
-    frame; when it returns True, ``put`` raises ``GenerationCancelled``, which unwinds
+    ``on_frame(frame)`` is called with each new frame's codes ``(num_codebooks,)`` int64, except the
+    end frame; when it returns True, ``put`` raises ``GenerationCancelled``, which unwinds
     ``generate``; the frames so far stay in ``frames``. An exception raised by the callback
     itself is kept in ``callback_error`` (and generation unwinds the same way).
     """
@@ -52,7 +53,7 @@ class FrameStreamer(BaseStreamer):
         self,
         num_codebooks: int,
         codebook_eos_id: int,
-        on_frame: Callable[[int], bool] | None,
+        on_frame: Callable[[np.ndarray], bool] | None,
     ) -> None:
         """Set up an empty collector; see the class docstring."""
         self._num_codebooks = num_codebooks
@@ -75,7 +76,7 @@ class FrameStreamer(BaseStreamer):
         if self._on_frame is None:
             return
         try:
-            stop = self._on_frame(len(self.frames))
+            stop = self._on_frame(frame.cpu().numpy().astype(np.int64))
         except BaseException as exc:  # re-raised unchanged by the engine
             self.callback_error = exc
             raise GenerationCancelled from exc
