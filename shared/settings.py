@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     # Worker.
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
     worker_torch_threads: int = Field(default=0, ge=0)  # 0: torch's own choice
+    # Turns of different conversations one worker runs together, frame by frame.
+    max_batch: int = Field(default=8, ge=1, le=256)
+
+    # The silent-tail guard: a run of silent frames ends a turn, its tail cut to `keep`.
+    silence_guard: bool = True
+    silence_threshold_dbfs: float = Field(default=-60.0, le=0)
+    silence_tail_ms: int = Field(default=2000, ge=80)
+    silence_keep_ms: int = Field(default=320, ge=0)
 
     @field_validator("api_keys")
     @classmethod
