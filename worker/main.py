@@ -1,7 +1,8 @@
 """``parley worker``: load the model once in this process, then consume turns.
 
 The pool is threads, so the model lives in the one process that runs it (CUDA is never
-initialised in a parent that forks). Concurrency is 1 until batching arrives.
+initialised in a parent that forks). Concurrency is ``max_batch``: each task thread hands its
+turn to the engine's frame loop, which runs them all together, and streams its own frames.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
             [
                 "worker",
                 "--pool=threads",
-                "--concurrency=1",
+                f"--concurrency={settings.max_batch}",
                 f"--queues={settings.queue_name}",
                 f"--hostname={rt.name}",
                 f"--loglevel={settings.log_level}",

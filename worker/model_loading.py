@@ -36,12 +36,14 @@ def hub_reachable() -> bool:
 
 def load_engine(settings: Settings) -> CsmEngine:
     if not settings.uses_default_model:
-        return CsmEngine.load(settings.model, device=settings.device)
+        return CsmEngine.load(settings.model, device=settings.device, max_batch=settings.max_batch)
     # The default may fall back. Without a reachable hub, take it from the local cache only:
     # transformers would otherwise retry an unreachable hub for minutes before failing.
     offline = not Path(settings.model).exists() and not hub_reachable()
     try:
-        return CsmEngine.load(settings.model, device=settings.device, offline=offline)
+        return CsmEngine.load(
+            settings.model, device=settings.device, offline=offline, max_batch=settings.max_batch
+        )
     except ModelLoadError as exc:
         reason = exc.message + (" (the hub is unreachable and it is not cached)" if offline else "")
     path = settings.tiny_model_dir
@@ -54,4 +56,4 @@ def load_engine(settings: Settings) -> CsmEngine:
     )
     if not (path / "config.json").exists():
         build_tiny_checkpoint(path)
-    return CsmEngine.load(str(path), device=settings.device)
+    return CsmEngine.load(str(path), device=settings.device, max_batch=settings.max_batch)

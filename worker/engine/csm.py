@@ -17,6 +17,8 @@ import torch
 from transformers import AutoProcessor, CsmForConditionalGeneration, CsmProcessor
 
 from shared.errors import EngineError, ModelLoadError
+from worker.engine.batcher import Batcher
+from worker.engine.frame_loop import FrameLoop, RowParams
 from worker.engine.generation import FrameStreamer, GenerationCancelled, generate_kwargs
 from worker.engine.hf import config_int, quiet_progress_bars
 from worker.engine.prompt import PromptBuilder
@@ -67,6 +69,7 @@ class CsmEngine:
         processor: CsmProcessor,
         device: str,
         is_test_model: bool,
+        max_batch: int = 8,
     ) -> None:
         """Wrap an already loaded model; use :meth:`load` instead."""
         config = model.config
@@ -82,10 +85,13 @@ class CsmEngine:
         self._model = model
         self._processor = processor
         self._prompt = PromptBuilder(processor.tokenizer, model, codebook_size=self.codebook_size)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the reference path mutates generation configs
+        self._batcher = Batcher(FrameLoop(model, max_batch=max_batch))
 
     @classmethod
-    def load(cls, model: str, *, device: str = "auto", offline: bool = False) -> CsmEngine:
+    def load(
+        cls, model: str, *, device: str = "auto", offline: bool = False, max_batch: int = 8
+    ) -> CsmEngine:
         """Load model and processor: bfloat16 on CUDA, float32 on CPU, in eval mode.
 
         Args:
@@ -93,6 +99,7 @@ class CsmEngine:
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
             offline: Take a hub id from the local Hugging Face cache only (fails at once when
                 it is not there, instead of retrying an unreachable hub for minutes).
+            max_batch: How many turns the frame loop runs together.
 
         Raises:
             ModelLoadError: The model or processor could not be loaded or is not a usable CSM.
@@ -131,6 +138,7 @@ class CsmEngine:
                 processor=processor,
                 device=resolved,
                 is_test_model=is_path and (local / TINY_MARKER).is_file(),
+                max_batch=max_batch,
             )
             engine._check_prompt_format()
         except ModelLoadError:
@@ -244,6 +252,82 @@ class CsmEngine:
         """Generate the codes of ``speaker`` saying ``text`` after ``context``.
 
         The prompt is built from the context's cached codes (audio is never re-encoded) and is
+        equivalent to transformers' raw-audio path. The turn runs in the engine's frame loop,
+        batched with whatever other turns are running (its codes do not depend on them).
+        Generation ends at the end frame, after ``params.max_frames`` frames, or when
+        ``on_frame`` returns True. Safe to call from many threads at once.
+
+        Args:
+            context: Earlier turns, oldest first.
+            speaker: Speaker id of the new turn.
+            text: Text of the new turn.
+            params: Sampling settings (temperature 0 = greedy; ``seed`` for reproducibility).
+            on_frame: Called in the caller's thread with each new frame's codes
+                ``(num_codebooks,)`` int64 (never the end frame); return True to stop early.
+                An exception it raises propagates unchanged.
+
+        Returns:
+            Codes ``(frames, num_codebooks)`` int64, without the end frame.
+
+        Raises:
+            EngineError: Generation failed; code ``invalid_input`` for bad parameters, codes
+                or speaker, ``prompt_too_long`` when prompt plus ``max_frames`` exceeds
+                ``max_positions``.
+        """
+        self._check_params(params)
+        ids, context_codes = self._prompt.token_ids(context, speaker, text)  # validates
+        self._check_budget(len(ids), params.max_frames)
+        try:
+            inputs_embeds, _ = self._prompt.embed_ids(ids, context_codes)
+        except Exception as exc:
+            raise EngineError(f"generation failed: {_one_line(exc)}") from exc
+        row = RowParams(
+            temperature=params.temperature,
+            top_k=params.top_k,
+            max_frames=params.max_frames,
+            seed=params.seed,
+        )
+        handle = self._batcher.submit(inputs_embeds, row)
+        frames: list[np.ndarray] = []
+        try:
+            for frame in handle:
+                frames.append(frame)
+                if on_frame is not None and on_frame(frame):
+                    break
+        finally:
+            handle.cancel()  # a no-op once the turn is done; frees the slot otherwise
+        if not frames:
+            return np.zeros((0, self.num_codebooks), dtype=np.int64)
+        return np.stack(frames)
+
+    @property
+    def batcher(self) -> Batcher:
+        """The frame loop's batcher (occupancy for metrics and benchmarks)."""
+        return self._batcher
+
+    def _check_budget(self, prompt_positions: int, max_frames: int) -> None:
+        if prompt_positions + max_frames > self.max_positions:
+            raise bad_input(
+                f"prompt of {prompt_positions} positions plus {max_frames} frames exceeds "
+                f"the model's {self.max_positions} positions",
+                code="prompt_too_long",
+            )
+
+    def generate_reference(
+        self,
+        context: Sequence[ContextTurn],
+        speaker: int,
+        text: str,
+        params: SamplingParams,
+        *,
+        on_frame: Callable[[np.ndarray], bool] | None = None,
+    ) -> np.ndarray:
+        """:meth:`generate` through transformers' own ``generate`` (one turn at a time).
+
+        The reference the frame loop is checked against (same codes when greedy); sampling
+        draws differ (``generate`` uses the global torch RNG seeded with ``params.seed``).
+
+        The prompt is built from the context's cached codes (audio is never re-encoded) and is
         equivalent to transformers' raw-audio path. Generation ends at the end frame, after
         ``params.max_frames`` frames, or when ``on_frame`` returns True.
 
@@ -266,12 +350,7 @@ class CsmEngine:
         self._check_params(params)
         with self._lock:
             ids, context_codes = self._prompt.token_ids(context, speaker, text)  # validates
-            if len(ids) + params.max_frames > self.max_positions:
-                raise bad_input(
-                    f"prompt of {len(ids)} positions plus {params.max_frames} frames exceeds "
-                    f"the model's {self.max_positions} positions",
-                    code="prompt_too_long",
-                )
+            self._check_budget(len(ids), params.max_frames)
             streamer = FrameStreamer(self.num_codebooks, self._prompt.codebook_eos_id, on_frame)
             try:
                 inputs_embeds, attention_mask = self._prompt.embed_ids(ids, context_codes)
