@@ -1,159 +1,161 @@
-"""Turn latency through the whole stack on this machine.
+"""``make bench``: Parley's benchmarks, every comparison measured side by side in one run.
 
-Starts ``parley api`` and ``parley worker`` as real processes (SQLite in a temp folder, the
-machine's Redis under a key prefix of its own, the tiny test checkpoint unless PARLEY_MODEL
-names another), then over HTTP measures, per turn of N frames:
-  - POST → job running (queue overhead), POST → job succeeded (turn latency);
-  - turn latency per frame, and the real-time factor (latency / audio duration).
-Prints a table and writes bench/results/latest.json. Medians, never one sample.
+Engine (in this process): ms per frame of Parley's frame loop vs transformers' ``generate``;
+aggregate frames/s at several batch sizes; time to first audio for a 100-frame turn.
+Service (real ``parley api`` + ``parley worker`` over HTTP): queue overhead POST → running
+(p50, p99), time to first streamed audio, polling requests/s.
+
+On a machine without a GPU it runs on the tiny random checkpoint; ``--arch csm-1b --device cuda``
+runs the engine part on the full-size csm-1b architecture with random weights in bf16.
+Prints a table and writes ``bench/results/latest.json``. Medians, never one sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import statistics
-import subprocess
-import sys
+import platform
 import tempfile
 import time
-import uuid
 from pathlib import Path
+from typing import Any
 
-import httpx
-from redis import Redis
+import torch
 
-from shared.settings import Settings
+from bench import engine_bench, service_bench
 
 ROOT = Path(__file__).resolve().parent.parent
-POLL_S = 0.005  # a client polling every 5 ms: fine-grained, without starving the worker's CPU
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def wait_ready(client: httpx.Client, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            r = client.get("/readyz")
-            if r.status_code == 200:
-                return dict(r.json())
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("stack did not become ready")
+def run_engine(args: argparse.Namespace, tiny_dir: Path) -> dict[str, Any]:
+    from worker.engine.csm import CsmEngine
+
+    model = engine_bench.load_model(args.arch, args.device, tiny_dir)
+    out: dict[str, Any] = {
+        "loop_vs_generate": engine_bench.loop_vs_generate(
+            model, frames=args.frames, repeats=args.repeats
+        ),
+        "batching": engine_bench.batch_throughput(
+            model, sizes=args.batch, frames=args.frames, repeats=args.repeats
+        ),
+    }
+    del model
+    if args.arch == "tiny":  # the streaming decoder needs a real processor and codec
+        engine = CsmEngine.load(str(tiny_dir), device=args.device, max_batch=1)
+        engine.warm_up()
+        out["first_audio"] = engine_bench.time_to_first_audio(
+            engine, frames=100, repeats=args.repeats
+        )
+    return out
 
 
-def measure(client: httpx.Client, *, turns: int, frames: int) -> dict[str, list[float]]:
-    cid = client.post("/v1/conversations", json={"max_context_turns": 4}).json()["id"]
-    to_running, to_done, post = [], [], []
-    for i in range(turns):
-        t0 = time.perf_counter()
-        turn = client.post(
-            f"/v1/conversations/{cid}/turns",
-            json={
-                "speaker": i % 2,
-                "text": f"Benchmark turn {i}.",
-                "params": {"max_audio_length_ms": frames * 80, "temperature": 0.9, "seed": i},
-            },
-        ).json()
-        post.append(1000 * (time.perf_counter() - t0))
-        running_at = None
-        while True:
-            job = client.get(f"/v1/jobs/{turn['job_id']}").json()
-            now = time.perf_counter()
-            if running_at is None and job["status"] != "queued":
-                running_at = now
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(POLL_S)
-        if job["status"] != "succeeded":
-            raise RuntimeError(f"turn failed: {job}")
-        to_running.append(1000 * ((running_at or now) - t0))
-        to_done.append(1000 * (now - t0))
-    return {"post_ms": post, "post_to_running_ms": to_running, "post_to_done_ms": to_done}
+def run_service(args: argparse.Namespace) -> dict[str, Any]:
+    with service_bench.stack(None) as (client, ready):
+        out: dict[str, Any] = {"model": ready.get("model")}
+        out["queue"] = service_bench.queue_overhead(client, turns=args.turns, frames=4)
+        out["first_audio"] = service_bench.first_audio(client, frames=100, repeats=3)
+        out["polling"] = service_bench.polling_rate(
+            str(client.base_url), out["queue"].pop("last_job_id"), clients=4, seconds=5
+        )
+    return out
 
 
-def _drop_keys(prefix: str) -> None:
-    """Leave the shared Redis as we found it."""
-    redis = Redis.from_url(Settings().redis_url)
-    for key in redis.scan_iter(match=f"{prefix}:*", count=500):
-        redis.delete(key)
-    redis.close()
+def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    eng = result["engine"]
+    lg = eng["loop_vs_generate"]
+    rows += [
+        ("generate ms/frame (batch 1, greedy)", f"{lg['generate_ms_per_frame']:.2f}"),
+        ("frame loop ms/frame (batch 1, greedy)", f"{lg['loop_ms_per_frame']:.2f}"),
+        ("loop / generate", f"{lg['loop_over_generate']:.2f}  (same codes: {lg['same_codes']})"),
+        ("loop real-time factor (batch 1)", f"{lg['loop_real_time_factor']:.3f}"),
+    ]
+    for b, row in eng["batching"]["sizes"].items():
+        rows.append(
+            (
+                f"batch {b}: frames/s (x batch 1, real-time streams)",
+                f"{row['frames_per_s']:.0f}  (x{row['vs_batch_1']:.2f}, "
+                f"{row['real_time_streams']:.1f})",
+            )
+        )
+    if "first_audio" in eng:
+        fa = eng["first_audio"]
+        rows.append(
+            (
+                "engine: first audio / 100-frame turn (ms)",
+                f"{fa['first_audio_ms']:.0f} / {fa['turn_ms']:.0f} "
+                f"(fraction {fa['first_audio_fraction']:.3f})",
+            )
+        )
+    svc = result.get("service")
+    if svc:
+        q = svc["queue"]
+        fa = svc["first_audio"]
+        rows += [
+            ("POST turn (ms, p50)", f"{q['post_ms_p50']:.1f}"),
+            (
+                "POST → running (ms, p50 / p99)",
+                f"{q['post_to_running_ms_p50']:.1f} / {q['post_to_running_ms_p99']:.1f}",
+            ),
+            (
+                "HTTP: first audio / 100-frame turn (ms)",
+                f"{fa['first_audio_ms']:.0f} / {fa['turn_ms']:.0f} "
+                f"(fraction {fa['first_audio_fraction']:.3f})",
+            ),
+            (
+                "polling GET /v1/jobs/{id} (req/s, 4 clients)",
+                f"{svc['polling']['requests_per_s']:.0f}",
+            ),
+        ]
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=20)
-    parser.add_argument("--frames", type=int, default=25)
+    parser.add_argument("--arch", choices=["tiny", "csm-1b"], default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--frames", type=int, default=50, help="frames per turn (engine)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--turns", type=int, default=40, help="turns for queue overhead")
+    parser.add_argument("--no-service", action="store_true", help="engine benchmarks only")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "PARLEY_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
-        "PARLEY_REDIS_PREFIX": f"parley-bench-{uuid.uuid4().hex[:8]}",
-        "PARLEY_LOG_LEVEL": "WARNING",
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    from worker.engine.tiny import build_tiny_checkpoint
+
+    tiny_dir = build_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="parley-tiny-")) / "m", seed=0)
+    began = time.perf_counter()
+    result: dict[str, Any] = {
+        "arch": args.arch,
+        "model": (
+            "tiny random test checkpoint (not csm-1b: its weights cannot be had here)"
+            if args.arch == "tiny"
+            else "csm-1b architecture, random weights (same shapes and cost per frame)"
+        ),
+        "device": _device_name(args.device),
+        "dtype": "bfloat16" if args.device.startswith("cuda") else "float32",
+        "torch": torch.__version__,
+        "engine": run_engine(args, tiny_dir),
     }
-    if "PARLEY_MODEL" not in os.environ:
-        subprocess.run(
-            [sys.executable, "-m", "parley", "tiny-model", str(tmp / "tiny")],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-        env["PARLEY_MODEL"] = str(tmp / "tiny")
-    subprocess.run(
-        [sys.executable, "-m", "parley", "migrate"], check=True, env=env, capture_output=True
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "parley", "api", "--port", str(port)], env=env),
-        subprocess.Popen([sys.executable, "-m", "parley", "worker"], env=env),
-    ]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            ready = wait_ready(client)
-            measure(client, turns=2, frames=args.frames)  # warm-up
-            samples = measure(client, turns=args.turns, frames=args.frames)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-        _drop_keys(env["PARLEY_REDIS_PREFIX"])
-    audio_ms = args.frames * 80
-    done = statistics.median(samples["post_to_done_ms"])
-    result = {
-        "model": ready.get("model"),
-        "test_model": ready.get("test_model"),
-        "turns": args.turns,
-        "frames_per_turn": args.frames,
-        "median_post_ms": statistics.median(samples["post_ms"]),
-        "median_post_to_running_ms": statistics.median(samples["post_to_running_ms"]),
-        "median_post_to_done_ms": done,
-        "median_ms_per_frame": done / args.frames,
-        "median_real_time_factor": done / audio_ms,
-        "samples": samples,
-    }
-    print(f"model: {result['model']}")
-    print(f"{'metric':<34}{'median':>12}")
-    for key in (
-        "median_post_ms",
-        "median_post_to_running_ms",
-        "median_post_to_done_ms",
-        "median_ms_per_frame",
-        "median_real_time_factor",
-    ):
-        print(f"{key:<34}{result[key]:>12.2f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(result, indent=2))
+    if not args.no_service:
+        result["service"] = run_service(args)
+    result["seconds"] = time.perf_counter() - began
+    print(f"model: {result['model']}\ndevice: {result['device']} ({result['dtype']})")
+    rows = _table(result)
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:
+        print(f"{key:<{width}}{value}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out} in {result['seconds']:.0f} s")
     return 0
 
 

@@ -18,6 +18,7 @@ from transformers import AutoProcessor, CsmForConditionalGeneration, CsmProcesso
 
 from shared.errors import EngineError, ModelLoadError
 from worker.engine.batcher import Batcher
+from worker.engine.codec_stream import StreamingDecoder
 from worker.engine.frame_loop import FrameLoop, RowParams
 from worker.engine.generation import FrameStreamer, GenerationCancelled, generate_kwargs
 from worker.engine.hf import config_int, quiet_progress_bars
@@ -231,6 +232,10 @@ class CsmEngine:
         if out.shape[0] != expected:
             raise EngineError(f"codec returned {out.shape[0]} samples, expected {expected}")
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def stream_decoder(self) -> StreamingDecoder:
+        """A fresh streaming decoder: feed it a turn's frames as they come, each decoded once."""
+        return StreamingDecoder(self._model.codec_model)
 
     def turn_cost(self, turn: ContextTurn) -> int:
         """Prompt positions a context turn occupies (text tokens + frames + audio end)."""

@@ -1,0 +1,206 @@
+"""Service benchmarks over real HTTP against real ``parley api`` and ``parley worker`` processes.
+
+- queue overhead: POST turn → job running, from the client's send time to the worker's
+  ``started_at`` (same host, same clock; no polling delay in the figure), p50 and p99;
+- time to first audio through the stream endpoint for a turn of N frames, and its fraction of
+  the whole turn (last byte);
+- polling: GET /v1/jobs/{id} requests per second with several concurrent clients.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from redis import Redis
+
+from shared.settings import Settings
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(client: httpx.Client, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = client.get("/readyz")
+            if r.status_code == 200:
+                return dict(r.json())
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("stack did not become ready")
+
+
+@contextmanager
+def stack(model: str | None, extra_env: dict[str, str] | None = None) -> Iterator[Any]:
+    """``parley api`` + one ``parley worker`` on SQLite in a temp folder, the machine's Redis
+    under a prefix of its own (removed afterwards). Yields (client, readyz)."""
+    tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "PARLEY_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+        "PARLEY_REDIS_PREFIX": f"parley-bench-{uuid.uuid4().hex[:8]}",
+        "PARLEY_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
+    if model is None:
+        subprocess.run(
+            [sys.executable, "-m", "parley", "tiny-model", str(tmp / "tiny")],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        model = str(tmp / "tiny")
+    env["PARLEY_MODEL"] = model
+    subprocess.run(
+        [sys.executable, "-m", "parley", "migrate"], check=True, env=env, capture_output=True
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "parley", "api", "--port", str(port)], env=env),
+        subprocess.Popen([sys.executable, "-m", "parley", "worker"], env=env),
+    ]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client, _wait_ready(client)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+        redis = Redis.from_url(Settings().redis_url)
+        for key in redis.scan_iter(match=f"{env['PARLEY_REDIS_PREFIX']}:*", count=500):
+            redis.delete(key)
+        redis.close()
+
+
+def _post_turn(client: httpx.Client, cid: str, i: int, frames: int) -> dict:
+    r = client.post(
+        f"/v1/conversations/{cid}/turns",
+        json={
+            "speaker": i % 2,
+            "text": f"Benchmark turn {i}.",
+            "params": {"max_audio_length_ms": frames * 80, "seed": i},
+        },
+    )
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def _wait_job(client: httpx.Client, job_id: str) -> dict:
+    while True:
+        job = dict(client.get(f"/v1/jobs/{job_id}").json())
+        if job["status"] in FINISHED:
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"turn did not succeed: {job}")
+            return job
+        time.sleep(0.02)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def queue_overhead(client: httpx.Client, *, turns: int, frames: int) -> dict:
+    """Client send time → the worker's ``started_at``, for turns posted one after another."""
+    cid = client.post("/v1/conversations", json={"max_context_turns": 2}).json()["id"]
+    samples, post = [], []
+    for i in range(turns + 2):  # two warm-up turns
+        sent = time.time()
+        t0 = time.perf_counter()
+        turn = _post_turn(client, cid, i, frames)
+        post_ms = 1000 * (time.perf_counter() - t0)
+        job = _wait_job(client, turn["job_id"])
+        started = datetime.fromisoformat(job["started_at"]).timestamp()
+        if i >= 2:
+            samples.append(1000 * (started - sent))
+            post.append(post_ms)
+    return {
+        "turns": turns,
+        "post_ms_p50": statistics.median(post),
+        "post_to_running_ms_p50": statistics.median(samples),
+        "post_to_running_ms_p99": _pct(samples, 0.99),
+        "samples_ms": samples,
+        "last_job_id": turn["job_id"],
+    }
+
+
+def first_audio(client: httpx.Client, *, frames: int, repeats: int) -> dict:
+    """POST a turn, open its stream at once: first audio bytes vs last byte."""
+    cid = client.post("/v1/conversations", json={"max_context_turns": 2}).json()["id"]
+    firsts, totals = [], []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        turn = _post_turn(client, cid, i, frames)
+        url = f"/v1/conversations/{cid}/turns/{turn['id']}/stream?format=pcm"
+        first = None
+        received = 0
+        with client.stream("GET", url) as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                if chunk and first is None:
+                    first = time.perf_counter()
+                received += len(chunk)
+        total = time.perf_counter() - t0
+        if received != frames * 1920 * 2:
+            raise RuntimeError(f"streamed {received} bytes, expected {frames * 1920 * 2}")
+        _wait_job(client, turn["job_id"])
+        if i and first is not None:  # the first turn warms up
+            firsts.append(1000 * (first - t0))
+            totals.append(1000 * total)
+    first_ms, total_ms = statistics.median(firsts), statistics.median(totals)
+    return {
+        "frames": frames,
+        "first_audio_ms": first_ms,
+        "turn_ms": total_ms,
+        "first_audio_fraction": first_ms / total_ms,
+        "real_time_factor": total_ms / (frames * 80),
+    }
+
+
+def polling_rate(base_url: str, job_id: str, *, clients: int, seconds: float) -> dict:
+    """GET /v1/jobs/{id} as fast as ``clients`` threads can, for ``seconds``."""
+    counts = [0] * clients
+    errors = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def poll(i: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=10) as c:
+            while time.perf_counter() < stop:
+                if c.get(f"/v1/jobs/{job_id}").status_code == 200:
+                    counts[i] += 1
+                else:
+                    errors[i] += 1
+
+    threads = [threading.Thread(target=poll, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests_per_s": sum(counts) / seconds,
+        "errors": sum(errors),
+    }
