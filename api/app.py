@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import conversations, health, jobs, turns
+from api.routes import conversations, health, jobs, stream, turns
 from api.state import ApiState
 from shared.errors import ParleyError
 from shared.settings import Settings
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.parley = state
-    for module in (conversations, turns, jobs, health):
+    for module in (conversations, turns, stream, jobs, health):
         app.include_router(module.router)
 
     @app.exception_handler(ParleyError)

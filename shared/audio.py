@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import soundfile as sf
@@ -15,6 +16,7 @@ FRAME_SAMPLES = 1920  # one Mimi frame: 80 ms at 24 kHz
 FRAME_MS = 80
 
 AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+PCM16_FULL_SCALE = 32768.0
 
 
 def decode_upload(data: bytes, *, max_duration_ms: int) -> np.ndarray:
@@ -47,15 +49,33 @@ def decode_upload(data: bytes, *, max_duration_ms: int) -> np.ndarray:
     return np.clip(mono, -1.0, 1.0).astype(np.float32)
 
 
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """float samples → int16, clipped to [-1, 1] (NaN → 0), scaled by 32768 and rounded half to
+    even; +1.0 becomes 32767. The one conversion Parley uses, so streamed and stored samples are
+    bit-identical (it is also what libsndfile does when it writes floats as 16-bit PCM)."""
+    clipped = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
+    scaled = np.rint(clipped.astype(np.float64) * PCM16_FULL_SCALE)
+    return np.clip(scaled, -PCM16_FULL_SCALE, PCM16_FULL_SCALE - 1).astype(np.int16)
+
+
+def pcm16_bytes(samples: np.ndarray) -> bytes:
+    """int16 samples → raw 16-bit little-endian PCM."""
+    return np.asarray(samples, dtype="<i2").tobytes()
+
+
 def encode(audio: np.ndarray, fmt: str) -> bytes:
-    """float32 mono 24 kHz → a wav or flac file (16-bit PCM)."""
+    """Mono 24 kHz samples → a wav or flac file (16-bit PCM).
+
+    int16 samples are written as they are; float samples go through :func:`to_pcm16` first.
+    """
     if fmt not in AUDIO_MEDIA_TYPES:
         raise InvalidInput(
             f"unknown audio format {fmt!r}; use one of {sorted(AUDIO_MEDIA_TYPES)}",
             code="invalid_format",
         )
+    samples = audio if audio.dtype == np.int16 else to_pcm16(audio)
     buf = io.BytesIO()
-    sf.write(buf, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format=fmt.upper(), subtype="PCM_16")
+    sf.write(buf, samples, SAMPLE_RATE, format=fmt.upper(), subtype="PCM_16")
     return buf.getvalue()
 
 
@@ -67,8 +87,38 @@ def decode_flac(data: bytes) -> np.ndarray:
     return samples
 
 
+def decode_flac_pcm16(data: bytes) -> np.ndarray:
+    """A stored turn's FLAC → its int16 samples, exactly as stored."""
+    samples, rate = sf.read(io.BytesIO(data), dtype="int16")
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"stored audio is {rate} Hz, expected {SAMPLE_RATE}")
+    return np.asarray(samples, dtype=np.int16)
+
+
 def transcode(flac: bytes, fmt: str) -> bytes:
-    """A stored turn's FLAC → the requested container."""
+    """A stored turn's FLAC → the requested container, sample for sample."""
     if fmt == "flac":
         return flac
-    return encode(decode_flac(flac), fmt)
+    return encode(decode_flac_pcm16(flac), fmt)
+
+
+def wav_stream_header(*, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 44-byte WAV header (16-bit mono PCM) of open length: the RIFF and data sizes are
+    0xFFFFFFFF, the convention for a WAV whose length is not known when it starts."""
+    open_size = 0xFFFFFFFF
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        open_size,
+        b"WAVE",
+        b"fmt ",
+        16,  # fmt chunk size
+        1,  # PCM
+        1,  # mono
+        sample_rate,
+        sample_rate * 2,  # bytes per second
+        2,  # bytes per sample frame
+        16,  # bits per sample
+        b"data",
+        open_size,
+    )

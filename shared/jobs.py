@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from redis import Redis
 from sqlalchemy.orm import Session
 
+from shared.audio_stream import end_stream
 from shared.dispatch import claim_next, lock_conversation
 from shared.errors import Conflict, NotFound
+from shared.keys import RedisKeys
 from shared.models import Conversation, Job, JobStatus, utcnow
+
+CANCEL_FLAG_TTL_S = 3600
 
 
 def get_job(session: Session, *, owner: str, job_id: str) -> Job:
@@ -37,3 +42,11 @@ def cancel_job(session: Session, *, conversation_id: str, job_id: str) -> tuple[
     job.turn.status = JobStatus.CANCELLED
     session.flush()
     return job, claim_next(session, conversation_id)
+
+
+def announce_cancel(redis: Redis, keys: RedisKeys, job_id: str) -> None:
+    """Tell Redis about a committed cancel: the flag a running job's worker checks every frame,
+    and the terminal entry of the job's audio stream, so a listener waiting on a job that never
+    started ends at once (a running job's worker writes one too when it stops)."""
+    redis.set(keys.job_cancel(job_id), 1, ex=CANCEL_FLAG_TTL_S)
+    end_stream(redis, keys.job_audio(job_id), "cancelled")

@@ -19,6 +19,11 @@ class RedisKeys:
         """Set when a running job is cancelled; the engine loop checks it every frame."""
         return f"{self.prefix}:job:{job_id}:cancel"
 
+    def job_audio(self, job_id: str) -> str:
+        """A generated job's audio as it is made: a Redis Stream of PCM chunks and an end entry
+        (see ``shared.audio_stream``)."""
+        return f"{self.prefix}:job:{job_id}:audio"
+
     def worker(self, name: str) -> str:
         """A live worker's heartbeat (expires when the worker stops beating)."""
         return f"{self.prefix}:worker:{name}"

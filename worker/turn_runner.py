@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from shared import audio
+from shared.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
 from shared.context import ContextEntry, select_window
 from shared.errors import EngineError
 from shared.keys import JOB_KEY_TTL_S
@@ -50,6 +51,7 @@ def run_job(rt: WorkerRuntime, job_id: str) -> None:
     except Cancelled:
         with rt.sessions() as session:
             next_job_id = release_job(session, plan)
+        _end_audio(rt, plan, "cancelled")
         _enqueue(rt, next_job_id)
         return
     except Exception as exc:  # the engine boundary: any failure fails this job, not the worker
@@ -57,12 +59,15 @@ def run_job(rt: WorkerRuntime, job_id: str) -> None:
         code = exc.code if isinstance(exc, EngineError) else "engine_error"
         with rt.sessions() as session:
             next_job_id = fail_job(session, plan, code=code, message=f"{exc}")
+        _end_audio(rt, plan, "failed")
         _enqueue(rt, next_job_id)
         return
     with rt.sessions() as session:
         stored, next_job_id = succeed_job(
             session, plan, codes=codes, audio_flac=flac, frame_ms=audio.FRAME_MS
         )
+    # After the commit, so a listener that sees the end finds the stored audio.
+    _end_audio(rt, plan, "succeeded" if stored else "cancelled")
     if stored:
         entry = ContextEntry(
             turn_id=plan.turn_id,
@@ -86,6 +91,12 @@ def run_job(rt: WorkerRuntime, job_id: str) -> None:
 def _enqueue(rt: WorkerRuntime, job_id: str | None) -> None:
     if job_id is not None:
         enqueue_job(rt.celery, rt.settings, job_id)
+
+
+def _end_audio(rt: WorkerRuntime, plan: JobPlan, outcome: Outcome) -> None:
+    """Write a generated job's terminal stream entry, once its outcome is committed."""
+    if plan.kind == JobKind.GENERATE:
+        end_stream(rt.redis, rt.keys.job_audio(plan.job_id), outcome)
 
 
 def _encode(rt: WorkerRuntime, plan: JobPlan) -> np.ndarray:
@@ -121,16 +132,24 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
             budget,
         )
     frames_key, cancel_key = rt.keys.job_frames(plan.job_id), rt.keys.job_cancel(plan.job_id)
+    most_frames = max(max_frames, rt.settings.max_audio_length_ms // audio.FRAME_MS)
+    stream = AudioStreamWriter(
+        rt.redis, rt.keys.job_audio(plan.job_id), maxlen=stream_maxlen(most_frames)
+    )
+    decoder = engine.stream_decoder()
+    chunks: list[np.ndarray] = []  # int16 PCM, one chunk per frame: streamed, then stored
     cancelled = False
-    frames = 0
 
     def on_frame(frame: np.ndarray) -> bool:
-        nonlocal cancelled, frames
-        frames += 1
+        nonlocal cancelled
+        pcm = audio.to_pcm16(decoder.push(frame[None, :]))
+        chunks.append(pcm)
+        # One round trip per frame: progress, the chunk for listeners, the cancel check.
         pipe = rt.redis.pipeline()
-        pipe.set(frames_key, frames, ex=JOB_KEY_TTL_S)
+        pipe.set(frames_key, len(chunks), ex=JOB_KEY_TTL_S)
+        stream.add_chunk(pipe, audio.pcm16_bytes(pcm))
         pipe.exists(cancel_key)
-        cancelled = bool(pipe.execute()[1])
+        cancelled = bool(pipe.execute()[-1])
         return cancelled
 
     sampling = SamplingParams(
@@ -147,4 +166,9 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
             "the model ended the turn before producing any audio; try another seed or temperature",
             code="empty_audio",
         )
-    return codes, audio.encode(engine.decode(codes), "flac")
+    if len(chunks) != codes.shape[0]:
+        raise EngineError(
+            f"streamed {len(chunks)} frames of audio for {codes.shape[0]} frames of codes"
+        )
+    # The stored audio is the streamed samples themselves (no second decode).
+    return codes, audio.encode(np.concatenate(chunks), "flac")

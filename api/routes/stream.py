@@ -1,0 +1,237 @@
+"""GET /v1/conversations/{cid}/turns/{tid}/stream: a turn's audio while it is generated.
+
+The body is raw 16-bit little-endian mono PCM at 24 kHz (``format=pcm``, the default, served as
+``audio/pcm`` with ``X-Sample-Rate``), or the same samples after a 44-byte WAV header of open
+length (``format=wav``). The samples are exactly those of the turn's stored audio.
+
+- A finished generated turn, or a provided one: its stored audio at once (from SQL).
+- A queued or running turn: the job's Redis stream from its first chunk, then live. The response
+  starts with the first audio. While the stream is quiet the job's state is re-read from SQL
+  every second, so a job that ends without a terminal entry ends the stream too, and so does a
+  running job whose worker stopped beating.
+- A turn failed or cancelled before any audio: 409 ``turn_failed`` / ``turn_cancelled``; one
+  that fails after some audio simply ends the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import anyio
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from redis.asyncio import Redis as AsyncRedis
+from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+
+from api.deps import OwnerDep, StateDep
+from api.state import ApiState
+from shared import audio
+from shared.audio_stream import AudioStreamReader
+from shared.conversations import get_conversation
+from shared.errors import Conflict, Unavailable
+from shared.models import Job, JobStatus, TurnSource
+from shared.turns import get_media, get_turn
+
+router = APIRouter(prefix="/v1/conversations/{conversation_id}/turns", tags=["turns"])
+
+IDLE_CHECK_MS = 1000  # how long a quiet stream is waited on before SQL is asked again
+STREAM_MEDIA_TYPES = {"pcm": "audio/pcm", "wav": "audio/wav"}
+StreamFormat = Literal["pcm", "wav"]
+
+
+@dataclass(frozen=True)
+class TurnState:
+    """What SQL says about a turn when a listener asks: its job's state, and its stored audio
+    (16-bit PCM) when it is to be served as it is."""
+
+    job_id: str | None
+    status: str
+    error: str | None
+    pcm: bytes | None
+
+
+@dataclass(frozen=True)
+class JobState:
+    status: str
+    worker: str | None
+
+
+def _turn_state(state: ApiState, *, owner: str, conversation_id: str, turn_id: str) -> TurnState:
+    """Raises NotFound for an unknown turn and for another owner's."""
+    with state.sessions() as session:
+        get_conversation(session, owner=owner, conversation_id=conversation_id)
+        turn = get_turn(session, conversation_id=conversation_id, turn_id=turn_id)
+        job = turn.job
+        pcm = None
+        if turn.source == TurnSource.PROVIDED or turn.status == JobStatus.SUCCEEDED:
+            pcm = _media_pcm(session, turn.id)
+        return TurnState(
+            job_id=job.id if job else None,
+            status=job.status if job else turn.status,
+            error=job.error_message if job else None,
+            pcm=pcm,
+        )
+
+
+def _media_pcm(session: Session, turn_id: str) -> bytes | None:
+    media = get_media(session, turn_id=turn_id)
+    if media is None or media.audio_flac is None:
+        return None
+    return audio.pcm16_bytes(audio.decode_flac_pcm16(media.audio_flac))
+
+
+def _stored_pcm(state: ApiState, turn_id: str) -> bytes | None:
+    with state.sessions() as session:
+        return _media_pcm(session, turn_id)
+
+
+def _job_state(state: ApiState, job_id: str) -> JobState | None:
+    with state.sessions() as session:
+        job = session.get(Job, job_id)
+        return None if job is None else JobState(status=job.status, worker=job.worker)
+
+
+def _headers() -> dict[str, str]:
+    return {
+        "X-Sample-Rate": str(audio.SAMPLE_RATE),
+        "X-Channels": "1",
+        "X-Sample-Format": "s16le",
+        "Cache-Control": "no-store",
+    }
+
+
+def _prefix(fmt: StreamFormat) -> bytes:
+    return audio.wav_stream_header() if fmt == "wav" else b""
+
+
+def _stored_response(fmt: StreamFormat, pcm: bytes) -> Response:
+    return Response(_prefix(fmt) + pcm, media_type=STREAM_MEDIA_TYPES[fmt], headers=_headers())
+
+
+def _no_audio(turn_id: str, turn: TurnState) -> Conflict | Unavailable:
+    """The error for a turn that ended (or stalled) before any audio."""
+    if turn.status == JobStatus.FAILED:
+        message = f"turn {turn_id} failed: {turn.error or 'no reason given'}"
+        return Conflict(message, code="turn_failed")
+    if turn.status == JobStatus.CANCELLED:
+        return Conflict(f"turn {turn_id} was cancelled", code="turn_cancelled")
+    if turn.status == JobStatus.SUCCEEDED:
+        return Conflict(f"turn {turn_id} has no stored audio", code="no_audio")
+    return Unavailable(
+        f"turn {turn_id} is {turn.status} but its worker stopped before any audio",
+        code="worker_lost",
+    )
+
+
+class LiveAudio:
+    """One listener on a queued or running job: its Redis stream, with SQL behind it.
+
+    Owns a Redis connection of its own (a blocking read holds one), closed by :meth:`close`.
+    """
+
+    def __init__(self, state: ApiState, *, job_id: str, turn_id: str) -> None:
+        self._state = state
+        self._job_id = job_id
+        self._turn_id = turn_id
+        self._redis = AsyncRedis.from_url(
+            state.settings.redis_url,
+            socket_timeout=IDLE_CHECK_MS / 1000 + 10,
+            socket_connect_timeout=5,
+        )
+        self._reader = AudioStreamReader(self._redis, state.keys.job_audio(job_id))
+        self.sent_bytes = 0
+        self.finished = False
+
+    async def next(self) -> bytes:
+        """The next PCM: what the stream holds, else (after a quiet second) b"" while the job
+        goes on. Sets ``finished`` at the end; a job that succeeded without this listener
+        seeing its end (stream expired) is completed from the stored audio."""
+        if self.finished:
+            return b""
+        got = await self._reader.read(block_ms=IDLE_CHECK_MS)
+        if got.pcm or got.end is not None:
+            self.finished = got.end is not None
+            self.sent_bytes += len(got.pcm)
+            return got.pcm
+        job = await run_in_threadpool(_job_state, self._state, self._job_id)
+        if job is None or JobStatus(job.status).finished:
+            self.finished = True
+            if job is None or job.status != JobStatus.SUCCEEDED:
+                return b""
+            stored = await run_in_threadpool(_stored_pcm, self._state, self._turn_id)
+            rest = (stored or b"")[self.sent_bytes :]
+            self.sent_bytes += len(rest)
+            return rest
+        if job.status == JobStatus.RUNNING and job.worker is not None:
+            self.finished = not await self._redis.exists(self._state.keys.worker(job.worker))
+        return b""
+
+    async def body(self, first: bytes, prefix: bytes) -> AsyncIterator[bytes]:
+        """The response body: ``prefix`` and the first audio, then the rest as it comes."""
+        try:
+            yield prefix + first
+            while not self.finished:
+                pcm = await self.next()
+                if pcm:
+                    yield pcm
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._redis.aclose()
+
+
+@router.get(
+    "/{turn_id}/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"audio/pcm": {}, "audio/wav": {}}},
+        409: {"description": "the turn failed or was cancelled before any audio"},
+    },
+    summary="Stream a turn's audio (16-bit PCM, 24 kHz mono) while it is generated",
+)
+async def stream_audio(
+    request: Request,
+    state: StateDep,
+    owner: OwnerDep,
+    conversation_id: str,
+    turn_id: str,
+    format: Annotated[StreamFormat, Query()] = "pcm",  # noqa: A002
+) -> Response:
+    turn = await run_in_threadpool(
+        _turn_state, state, owner=owner, conversation_id=conversation_id, turn_id=turn_id
+    )
+    if turn.pcm is not None:
+        return _stored_response(format, turn.pcm)
+    if turn.job_id is None or JobStatus(turn.status).finished:
+        raise _no_audio(turn_id, turn)
+    live = LiveAudio(state, job_id=turn.job_id, turn_id=turn_id)
+    try:
+        first = b""
+        while not first and not live.finished:
+            first = await live.next()
+            if not first and await request.is_disconnected():
+                await live.close()
+                return Response(status_code=204)  # nobody is there to read it
+    except BaseException:
+        await live.close()
+        raise
+    if not first:  # it ended before any audio: say how, from SQL
+        await live.close()
+        turn = await run_in_threadpool(
+            _turn_state, state, owner=owner, conversation_id=conversation_id, turn_id=turn_id
+        )
+        if turn.pcm is not None:
+            return _stored_response(format, turn.pcm)
+        raise _no_audio(turn_id, turn)
+    return StreamingResponse(
+        live.body(first, _prefix(format)),
+        media_type=STREAM_MEDIA_TYPES[format],
+        headers=_headers(),
+        background=BackgroundTask(live.close),  # also when the body never started
+    )
