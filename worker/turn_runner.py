@@ -14,12 +14,13 @@ from shared import audio
 from shared.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
 from shared.context import ContextEntry, select_window
 from shared.errors import EngineError
-from shared.keys import JOB_KEY_TTL_S
 from shared.models import JobKind, TurnMedia
 from shared.queue import enqueue_job
 from worker.engine.csm import ContextTurn, SamplingParams
 from worker.job_state import JobPlan, fail_job, release_job, start_job, succeed_job
 from worker.runtime import WorkerRuntime
+from worker.silence import SilenceGuard
+from worker.turn_audio import TurnAudio
 
 log = logging.getLogger(__name__)
 
@@ -131,44 +132,38 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
             len(context),
             budget,
         )
-    frames_key, cancel_key = rt.keys.job_frames(plan.job_id), rt.keys.job_cancel(plan.job_id)
     most_frames = max(max_frames, rt.settings.max_audio_length_ms // audio.FRAME_MS)
-    stream = AudioStreamWriter(
-        rt.redis, rt.keys.job_audio(plan.job_id), maxlen=stream_maxlen(most_frames)
+    turn = TurnAudio(
+        redis=rt.redis,
+        stream=AudioStreamWriter(
+            rt.redis, rt.keys.job_audio(plan.job_id), maxlen=stream_maxlen(most_frames)
+        ),
+        decoder=engine.stream_decoder(),
+        guard=SilenceGuard.from_settings(rt.settings, frame_ms=audio.FRAME_MS),
+        frames_key=rt.keys.job_frames(plan.job_id),
+        cancel_key=rt.keys.job_cancel(plan.job_id),
     )
-    decoder = engine.stream_decoder()
-    chunks: list[np.ndarray] = []  # int16 PCM, one chunk per frame: streamed, then stored
-    cancelled = False
-
-    def on_frame(frame: np.ndarray) -> bool:
-        nonlocal cancelled
-        pcm = audio.to_pcm16(decoder.push(frame[None, :]))
-        chunks.append(pcm)
-        # One round trip per frame: progress, the chunk for listeners, the cancel check.
-        pipe = rt.redis.pipeline()
-        pipe.set(frames_key, len(chunks), ex=JOB_KEY_TTL_S)
-        stream.add_chunk(pipe, audio.pcm16_bytes(pcm))
-        pipe.exists(cancel_key)
-        cancelled = bool(pipe.execute()[-1])
-        return cancelled
-
     sampling = SamplingParams(
         temperature=float(params.get("temperature", 0.9)),
         top_k=int(params.get("top_k", 50)),
         max_frames=max_frames,
         seed=params.get("seed"),
     )
-    codes = engine.generate(window, plan.speaker, plan.text, sampling, on_frame=on_frame)
-    if cancelled:
+    engine.generate(window, plan.speaker, plan.text, sampling, on_frame=turn.on_frame)
+    if turn.cancelled:
         raise Cancelled()
+    codes, pcm = turn.finish()
+    if turn.guard is not None and turn.guard.triggered:
+        log.info(
+            "job %s: silent tail after %d frames; %d silent frames cut",
+            plan.job_id,
+            turn.generated,
+            turn.guard.dropped_frames,
+        )
     if codes.shape[0] == 0:
         raise EngineError(
             "the model ended the turn before producing any audio; try another seed or temperature",
             code="empty_audio",
         )
-    if len(chunks) != codes.shape[0]:
-        raise EngineError(
-            f"streamed {len(chunks)} frames of audio for {codes.shape[0]} frames of codes"
-        )
     # The stored audio is the streamed samples themselves (no second decode).
-    return codes, audio.encode(np.concatenate(chunks), "flac")
+    return codes, audio.encode(pcm, "flac")

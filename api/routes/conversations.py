@@ -15,6 +15,7 @@ from shared.conversations import (
     get_conversation,
 )
 from shared.errors import InvalidInput
+from shared.jobs import announce_cancel
 from shared.models import Job, JobStatus
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
@@ -58,17 +59,17 @@ def get(session: SessionDep, owner: OwnerDep, conversation_id: str) -> Conversat
 @router.delete("/{conversation_id}", status_code=204)
 def delete(state: StateDep, session: SessionDep, owner: OwnerDep, conversation_id: str) -> Response:
     conversation = get_conversation(session, owner=owner, conversation_id=conversation_id)
-    running = session.scalars(
-        select(Job.id).where(
-            Job.conversation_id == conversation_id,
-            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-        )
+    jobs = session.execute(
+        select(Job.id, Job.status).where(Job.conversation_id == conversation_id)
     ).all()
     delete_conversation(session, conversation=conversation)
     session.commit()
-    # Stop work in flight (its rows are gone; the worker discards what it made) and drop
-    # the hot context.
-    for job_id in running:
-        state.redis.set(state.keys.job_cancel(job_id), 1, ex=3600)
+    # Stop work in flight (its rows are gone; the worker discards what it made), end its
+    # listeners, and drop the hot context and the finished jobs' audio streams.
+    for job_id, status in jobs:
+        if status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            announce_cancel(state.redis, state.keys, job_id)
+        else:
+            state.redis.delete(state.keys.job_audio(job_id), state.keys.job_frames(job_id))
     state.context.delete(conversation_id)
     return Response(status_code=204)

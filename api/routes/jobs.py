@@ -8,7 +8,7 @@ from api.deps import OwnerDep, SessionDep, StateDep
 from api.presenters import job_out
 from api.schemas import JobOut
 from api.turn_intake import dispatch
-from shared.jobs import cancel_job, get_job
+from shared.jobs import announce_cancel, cancel_job, get_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -24,7 +24,7 @@ def cancel(state: StateDep, session: SessionDep, owner: OwnerDep, job_id: str) -
     session.commit()  # end the read; cancel_job starts with the conversation lock
     job, next_job_id = cancel_job(session, conversation_id=conversation_id, job_id=job_id)
     session.commit()
-    state.redis.set(state.keys.job_cancel(job_id), 1, ex=3600)
+    announce_cancel(state.redis, state.keys, job_id)
     if next_job_id is not None:
         dispatch(state, conversation_id=conversation_id, job_id=next_job_id)
     return job_out(job, redis=state.redis, keys=state.keys)
