@@ -142,6 +142,7 @@ def _generate(rt: WorkerRuntime, plan: JobPlan) -> tuple[np.ndarray, bytes]:
         guard=SilenceGuard.from_settings(rt.settings, frame_ms=audio.FRAME_MS),
         frames_key=rt.keys.job_frames(plan.job_id),
         cancel_key=rt.keys.job_cancel(plan.job_id),
+        chunk_frames=rt.settings.stream_chunk_frames,
     )
     sampling = SamplingParams(
         temperature=float(params.get("temperature", 0.9)),

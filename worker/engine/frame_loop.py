@@ -345,10 +345,11 @@ class FrameLoop:
             depth = _suppress_mask(
                 self._model.depth_decoder.generation_config.suppress_tokens, self.vocab, device
             )
-            self._params_cache = (temperature[:, None], top_k, greedy, backbone, depth)
-        temperature, top_k, greedy, backbone, depth = self._params_cache
+            all_greedy = all(t == 0 for t in temps)  # a host bool: no device sync per frame
+            self._params_cache = (temperature[:, None], top_k, greedy, all_greedy, backbone, depth)
+        temperature, top_k, greedy, all_greedy, backbone, depth = self._params_cache
         noise = None
-        if not bool(greedy.all()):
+        if not all_greedy:
             shape = (self.num_codebooks, self.vocab)
             noise = torch.stack(
                 [
