@@ -28,6 +28,14 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def get_read_session(state: StateDep) -> Iterator[Session]:
+    with state.reads() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+
+
 def get_owner(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> str:
     return authenticate(state.settings, authorization)
 

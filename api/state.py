@@ -21,6 +21,7 @@ class ApiState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]  # read-only work: never waits for SQLite's write lock
     redis: Redis
     celery: Celery
     context: ContextStore
@@ -34,6 +35,7 @@ class ApiState:
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
+            reads=make_session_factory(engine, read_only=True),
             redis=redis,
             celery=create_celery(settings),
             context=ContextStore(redis, settings.redis_prefix),

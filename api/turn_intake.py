@@ -109,7 +109,7 @@ def _commit_and_dispatch(state: ApiState, session: Session, turn: Turn) -> Turn:
 def dispatch(state: ApiState, *, conversation_id: str, job_id: str) -> None:
     """Enqueue a claimed job; if the broker is unreachable, release the claim and say so."""
     try:
-        enqueue_job(state.celery, state.settings, job_id)
+        enqueue_job(state.celery, state.settings, job_id, conversation_id)
     except Exception as exc:  # kombu raises many types for a broker that is away
         log.error("enqueue of job %s failed: %s", job_id, exc)
         with state.sessions() as session:

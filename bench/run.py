@@ -104,6 +104,10 @@ def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{q['post_to_running_ms_p50']:.1f} / {q['post_to_running_ms_p99']:.1f}",
             ),
             (
+                "job created → running (ms, p50 / p99)",
+                f"{q['created_to_running_ms_p50']:.1f} / {q['created_to_running_ms_p99']:.1f}",
+            ),
+            (
                 "HTTP: first audio / 100-frame turn (ms)",
                 f"{fa['first_audio_ms']:.0f} / {fa['turn_ms']:.0f} "
                 f"(fraction {fa['first_audio_fraction']:.3f})",

@@ -1,7 +1,8 @@
 """Service benchmarks over real HTTP against real ``parley api`` and ``parley worker`` processes.
 
 - queue overhead: POST turn → job running, from the client's send time to the worker's
-  ``started_at`` (same host, same clock; no polling delay in the figure), p50 and p99;
+  ``started_at`` (same host, same clock; no polling delay in the figure), p50 and p99; and the
+  part after the API created the job row (``created_at`` → ``started_at``);
 - time to first audio through the stream endpoint for a turn of N frames, and its fraction of
   the whole turn (last byte);
 - polling: GET /v1/jobs/{id} requests per second with several concurrent clients.
@@ -125,7 +126,7 @@ def _pct(values: list[float], q: float) -> float:
 def queue_overhead(client: httpx.Client, *, turns: int, frames: int) -> dict:
     """Client send time → the worker's ``started_at``, for turns posted one after another."""
     cid = client.post("/v1/conversations", json={"max_context_turns": 2}).json()["id"]
-    samples, post = [], []
+    samples, post, transit = [], [], []
     for i in range(turns + 2):  # two warm-up turns
         sent = time.time()
         t0 = time.perf_counter()
@@ -133,14 +134,19 @@ def queue_overhead(client: httpx.Client, *, turns: int, frames: int) -> dict:
         post_ms = 1000 * (time.perf_counter() - t0)
         job = _wait_job(client, turn["job_id"])
         started = datetime.fromisoformat(job["started_at"]).timestamp()
+        created = datetime.fromisoformat(job["created_at"]).timestamp()
         if i >= 2:
             samples.append(1000 * (started - sent))
+            transit.append(1000 * (started - created))
             post.append(post_ms)
     return {
         "turns": turns,
         "post_ms_p50": statistics.median(post),
         "post_to_running_ms_p50": statistics.median(samples),
         "post_to_running_ms_p99": _pct(samples, 0.99),
+        # From the job row's creation in the API's transaction to the worker's start.
+        "created_to_running_ms_p50": statistics.median(transit),
+        "created_to_running_ms_p99": _pct(transit, 0.99),
         "samples_ms": samples,
         "last_job_id": turn["job_id"],
     }

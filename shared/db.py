@@ -15,9 +15,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 def make_engine(settings: Settings) -> Engine:
     """An engine for ``settings.database_url``.
 
-    SQLite runs in WAL mode with foreign keys on, and every transaction begins IMMEDIATE: it
-    takes the write lock up front, so a read-then-write section can never fail half way on a
-    stale snapshot. Writers queue (busy timeout); that is SQLite's lot on one machine.
+    SQLite runs in WAL mode with foreign keys on, and every writing transaction begins
+    IMMEDIATE: it takes the write lock up front, so a read-then-write section can never fail half
+    way on a stale snapshot. Writers queue (busy timeout); that is SQLite's lot on one machine.
+    Sessions from ``make_session_factory(engine, read_only=True)`` begin DEFERRED instead: reads
+    (polling, downloads) never wait for the write lock nor hold it.
     """
     url = settings.database_url
     if url.startswith("sqlite"):
@@ -44,8 +46,15 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+_READ_ONLY = "parley_read_only"
+
+
+def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions for writing (the default), or for reading only (never take SQLite's write
+    lock up front; use them where nothing is written)."""
+    bind = engine.execution_options(**{_READ_ONLY: True}) if read_only else engine
+    return sessionmaker(bind=bind, expire_on_commit=False)

@@ -32,6 +32,7 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_job(celery: Celery, settings: Settings, job_id: str) -> None:
-    """Send a job to the workers by task name (the API never imports the worker)."""
-    celery.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue_name)
+def enqueue_job(celery: Celery, settings: Settings, job_id: str, conversation_id: str) -> None:
+    """Send a job to the workers by task name (the API never imports the worker). The
+    conversation id rides along so the worker can take the conversation's lock at once."""
+    celery.send_task(RUN_JOB_TASK, args=[job_id, conversation_id], queue=settings.queue_name)

@@ -13,7 +13,7 @@ def create_worker_app(rt: WorkerRuntime) -> Celery:
     app = create_celery(rt.settings)
 
     @app.task(name=RUN_JOB_TASK)
-    def run_job_task(job_id: str) -> None:
-        run_job(rt, job_id)
+    def run_job_task(job_id: str, conversation_id: str | None = None) -> None:
+        run_job(rt, job_id, conversation_id)
 
     return app

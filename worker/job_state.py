@@ -37,18 +37,33 @@ class JobPlan:
 class Start:
     plan: JobPlan | None  # None: nothing to run (cancelled or deleted)
     next_job_id: str | None
+    conversation_id: str | None = None
 
 
-def start_job(session: Session, *, job_id: str, worker: str, model: str, test_model: bool) -> Start:
-    job = session.get(Job, job_id)
-    if job is None:
-        log.info("job %s is gone (its conversation was deleted); skipping", job_id)
-        return Start(None, None)
-    conversation_id = job.conversation_id
-    session.commit()
+def start_job(
+    session: Session,
+    *,
+    job_id: str,
+    conversation_id: str | None = None,
+    worker: str,
+    model: str,
+    test_model: bool,
+) -> Start:
+    """Mark a queued job running, in one transaction under its conversation's lock.
+
+    ``conversation_id`` (sent with the task) saves a lookup; without it the job row says.
+    """
+    if conversation_id is None:
+        found = session.get(Job, job_id)
+        if found is None:
+            log.info("job %s is gone (its conversation was deleted); skipping", job_id)
+            return Start(None, None)
+        conversation_id = found.conversation_id
+        session.commit()
     try:
         lock_conversation(session, conversation_id)
     except NotFound:
+        log.info("job %s: its conversation is gone; skipping", job_id)
         return Start(None, None)
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status != JobStatus.QUEUED:
@@ -56,7 +71,7 @@ def start_job(session: Session, *, job_id: str, worker: str, model: str, test_mo
         log.info("job %s is %s; skipping", job_id, status)
         next_job_id = claim_next(session, conversation_id)
         session.commit()
-        return Start(None, next_job_id)
+        return Start(None, next_job_id, conversation_id)
     conversation = session.get(Conversation, conversation_id)
     assert conversation is not None  # locked above
     turn = job.turn
@@ -76,7 +91,7 @@ def start_job(session: Session, *, job_id: str, worker: str, model: str, test_mo
         max_context_turns=conversation.max_context_turns,
     )
     session.commit()
-    return Start(plan, None)
+    return Start(plan, None, conversation_id)
 
 
 def _lock_running(session: Session, plan: JobPlan) -> Job | None:

@@ -29,18 +29,20 @@ class Cancelled(Exception):
     """The job was cancelled while it ran."""
 
 
-def run_job(rt: WorkerRuntime, job_id: str) -> None:
+def run_job(rt: WorkerRuntime, job_id: str, conversation_id: str | None = None) -> None:
     """Run a job end to end. Engine failures fail the job (with its reason), never the worker."""
     with rt.sessions() as session:
         start = start_job(
             session,
             job_id=job_id,
+            conversation_id=conversation_id,
             worker=rt.name,
             model=rt.model_label,
             test_model=rt.engine.is_test_model,
         )
     if start.plan is None:
-        _enqueue(rt, start.next_job_id)
+        if start.conversation_id is not None:
+            _enqueue(rt, start.next_job_id, start.conversation_id)
         return
     plan = start.plan
     began = time.perf_counter()
@@ -53,7 +55,7 @@ def run_job(rt: WorkerRuntime, job_id: str) -> None:
         with rt.sessions() as session:
             next_job_id = release_job(session, plan)
         _end_audio(rt, plan, "cancelled")
-        _enqueue(rt, next_job_id)
+        _enqueue(rt, next_job_id, plan.conversation_id)
         return
     except Exception as exc:  # the engine boundary: any failure fails this job, not the worker
         log.exception("job %s failed", plan.job_id)
@@ -61,7 +63,7 @@ def run_job(rt: WorkerRuntime, job_id: str) -> None:
         with rt.sessions() as session:
             next_job_id = fail_job(session, plan, code=code, message=f"{exc}")
         _end_audio(rt, plan, "failed")
-        _enqueue(rt, next_job_id)
+        _enqueue(rt, next_job_id, plan.conversation_id)
         return
     with rt.sessions() as session:
         stored, next_job_id = succeed_job(
@@ -86,12 +88,12 @@ def run_job(rt: WorkerRuntime, job_id: str) -> None:
             codes.shape[0],
             1000 * (time.perf_counter() - began),
         )
-    _enqueue(rt, next_job_id)
+    _enqueue(rt, next_job_id, plan.conversation_id)
 
 
-def _enqueue(rt: WorkerRuntime, job_id: str | None) -> None:
+def _enqueue(rt: WorkerRuntime, job_id: str | None, conversation_id: str) -> None:
     if job_id is not None:
-        enqueue_job(rt.celery, rt.settings, job_id)
+        enqueue_job(rt.celery, rt.settings, job_id, conversation_id)
 
 
 def _end_audio(rt: WorkerRuntime, plan: JobPlan, outcome: Outcome) -> None:

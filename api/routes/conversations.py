@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import select
 
-from api.deps import OwnerDep, SessionDep, StateDep
+from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import conversation_out
 from api.schemas import ConversationCreate, ConversationOut
 from shared.conversations import (
@@ -49,7 +49,7 @@ def create(
 
 
 @router.get("/{conversation_id}", response_model=ConversationOut)
-def get(session: SessionDep, owner: OwnerDep, conversation_id: str) -> ConversationOut:
+def get(session: ReadSessionDep, owner: OwnerDep, conversation_id: str) -> ConversationOut:
     conversation = get_conversation(session, owner=owner, conversation_id=conversation_id)
     return conversation_out(
         conversation, turn_count=count_turns(session, conversation_id=conversation_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import OwnerDep, SessionDep, StateDep
+from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import job_out
 from api.schemas import JobOut
 from api.turn_intake import dispatch
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get(state: StateDep, session: SessionDep, owner: OwnerDep, job_id: str) -> JobOut:
+def get(state: StateDep, session: ReadSessionDep, owner: OwnerDep, job_id: str) -> JobOut:
     return job_out(get_job(session, owner=owner, job_id=job_id), redis=state.redis, keys=state.keys)
 
 

@@ -62,7 +62,7 @@ class JobState:
 
 def _turn_state(state: ApiState, *, owner: str, conversation_id: str, turn_id: str) -> TurnState:
     """Raises NotFound for an unknown turn and for another owner's."""
-    with state.sessions() as session:
+    with state.reads() as session:
         get_conversation(session, owner=owner, conversation_id=conversation_id)
         turn = get_turn(session, conversation_id=conversation_id, turn_id=turn_id)
         job = turn.job
@@ -85,12 +85,12 @@ def _media_pcm(session: Session, turn_id: str) -> bytes | None:
 
 
 def _stored_pcm(state: ApiState, turn_id: str) -> bytes | None:
-    with state.sessions() as session:
+    with state.reads() as session:
         return _media_pcm(session, turn_id)
 
 
 def _job_state(state: ApiState, job_id: str) -> JobState | None:
-    with state.sessions() as session:
+    with state.reads() as session:
         job = session.get(Job, job_id)
         return None if job is None else JobState(status=job.status, worker=job.worker)
 

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from api.deps import OwnerDep, SessionDep, StateDep
+from api.deps import OwnerDep, ReadSessionDep, StateDep
 from api.presenters import turn_out
 from api.schemas import CodesOut, TurnCreate, TurnOut
 from api.turn_intake import parse_generated, store_generated, store_provided
@@ -120,13 +120,13 @@ async def _provided(request: Request, state: StateDep, owner: str, conversation_
 
 
 @router.get("", response_model=list[TurnOut])
-def list_(session: SessionDep, owner: OwnerDep, conversation_id: str) -> list[TurnOut]:
+def list_(session: ReadSessionDep, owner: OwnerDep, conversation_id: str) -> list[TurnOut]:
     get_conversation(session, owner=owner, conversation_id=conversation_id)
     return [turn_out(t) for t in list_turns(session, conversation_id=conversation_id)]
 
 
 @router.get("/{turn_id}", response_model=TurnOut)
-def get(session: SessionDep, owner: OwnerDep, conversation_id: str, turn_id: str) -> TurnOut:
+def get(session: ReadSessionDep, owner: OwnerDep, conversation_id: str, turn_id: str) -> TurnOut:
     get_conversation(session, owner=owner, conversation_id=conversation_id)
     return turn_out(get_turn(session, conversation_id=conversation_id, turn_id=turn_id))
 
@@ -137,7 +137,7 @@ def get(session: SessionDep, owner: OwnerDep, conversation_id: str, turn_id: str
     responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}},
 )
 def get_audio(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     conversation_id: str,
     turn_id: str,
@@ -156,7 +156,9 @@ def get_audio(
 
 
 @router.get("/{turn_id}/codes", response_model=CodesOut)
-def get_codes(session: SessionDep, owner: OwnerDep, conversation_id: str, turn_id: str) -> CodesOut:
+def get_codes(
+    session: ReadSessionDep, owner: OwnerDep, conversation_id: str, turn_id: str
+) -> CodesOut:
     get_conversation(session, owner=owner, conversation_id=conversation_id)
     turn = get_turn(session, conversation_id=conversation_id, turn_id=turn_id)
     media = get_media(session, turn_id=turn.id)
