@@ -100,9 +100,9 @@ def store_provided(
 def _commit_and_dispatch(state: ApiState, session: Session, turn: Turn) -> Turn:
     job_id = claim_next(session, turn.conversation_id)  # the row lock is already ours
     session.commit()
-    session.refresh(turn, ["job"])
-    if job_id is not None:
+    if job_id is not None:  # first: the worker starts while we answer
         dispatch(state, conversation_id=turn.conversation_id, job_id=job_id)
+    session.refresh(turn, ["job"])
     return turn
 
 

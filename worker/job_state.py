@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.codes import codes_to_bytes
 from shared.dispatch import claim_next, lock_conversation
 from shared.errors import NotFound
-from shared.models import Conversation, Job, JobStatus, TurnMedia, TurnSource, utcnow
+from shared.models import Conversation, Job, JobStatus, Turn, TurnMedia, TurnSource, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,21 @@ def start_job(
     except NotFound:
         log.info("job %s: its conversation is gone; skipping", job_id)
         return Start(None, None)
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None or job.status != JobStatus.QUEUED:
-        status = job.status if job else "deleted"
+    # One query for the job, its turn and its conversation (fresh: we hold the lock now).
+    row = session.execute(
+        select(Job, Turn, Conversation)
+        .join(Turn, Turn.id == Job.turn_id)
+        .join(Conversation, Conversation.id == Job.conversation_id)
+        .where(Job.id == job_id, Job.conversation_id == conversation_id)
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None or row[0].status != JobStatus.QUEUED:
+        status = row[0].status if row else "deleted"
         log.info("job %s is %s; skipping", job_id, status)
         next_job_id = claim_next(session, conversation_id)
         session.commit()
         return Start(None, next_job_id, conversation_id)
-    conversation = session.get(Conversation, conversation_id)
-    assert conversation is not None  # locked above
-    turn = job.turn
+    job, turn, conversation = row
     job.status = turn.status = JobStatus.RUNNING
     job.started_at = utcnow()
     job.attempts += 1
