@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sesame/csm-1b"
@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_keys(cls, value: str) -> str:
         return ",".join(k.strip() for k in value.split(",") if k.strip())
+
+    @model_validator(mode="after")
+    def _silence_keep_below_tail(self) -> Settings:
+        if self.silence_keep_ms >= self.silence_tail_ms:
+            raise ValueError(
+                f"silence_keep_ms ({self.silence_keep_ms}) must be less than silence_tail_ms "
+                f"({self.silence_tail_ms})"
+            )
+        return self
 
     @property
     def api_key_list(self) -> list[str]:

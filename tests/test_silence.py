@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from shared.settings import Settings
 from worker.silence import Frame, SilenceGuard, frame_dbfs
@@ -266,7 +267,11 @@ def test_from_settings() -> None:
     assert g is not None
     assert (g.tail_frames, g.keep_frames) == (25, 0)
 
-    with pytest.raises(ValueError, match="keep_frames"):
-        SilenceGuard.from_settings(Settings(silence_tail_ms=320, silence_keep_ms=320))
     with pytest.raises(ValueError, match="frame_ms"):
         SilenceGuard.from_settings(Settings(), frame_ms=0)
+
+
+def test_settings_refuse_a_keep_not_below_the_tail() -> None:
+    with pytest.raises(ValidationError, match="silence_keep_ms"):
+        Settings(silence_tail_ms=800, silence_keep_ms=800)
+    assert Settings(silence_tail_ms=800, silence_keep_ms=720).silence_keep_ms == 720
