@@ -162,3 +162,32 @@ def test_engine_batches_concurrent_callers_and_cancel_frees_the_slot(engine: Csm
         ref = engine.generate_reference(ctx, spk, text, SamplingParams(temperature=0, max_frames=n))
         np.testing.assert_array_equal(results[i], ref, err_msg=f"turn {i}")
     assert engine.batcher.active == 0
+
+
+def test_a_removal_that_moves_a_fresh_row_forward_keeps_every_turn_exact(
+    engine: CsmEngine,
+) -> None:
+    """Admit after some steps, then remove an old row before the next step: the fresh row
+    lands in an early slot and the loop must re-pack rows before stepping."""
+    loop = FrameLoop(engine._model, max_batch=4)
+    items = [
+        (f"t{i}", _embeds(engine, ctx, spk, text), RowParams(0, 0, n))
+        for i, (ctx, spk, text, n) in enumerate(TURNS[:4])
+    ]
+    alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
+    got: dict[str, list[np.ndarray]] = {key: [] for key, _, _ in items}
+    for key, e, p in items[:3]:
+        loop.admit(key, e, p)
+    for _ in range(3):
+        for result in loop.step():
+            got[str(result.key)].append(result.frame.numpy())  # type: ignore[union-attr]
+    loop.admit("t3", items[3][1], items[3][2])
+    loop.remove("t0")  # the fresh t3 moves into slot 0, ahead of t1 and t2
+    assert [r.key for r in loop.rows] == ["t3", "t1", "t2"]
+    while loop.rows:
+        for result in loop.step():
+            if result.frame is not None:
+                got[str(result.key)].append(result.frame.numpy())
+    np.testing.assert_array_equal(np.array(got["t0"]), alone["t0"][:3])
+    for key in ("t1", "t2", "t3"):
+        np.testing.assert_array_equal(np.array(got[key]), alone[key], err_msg=key)

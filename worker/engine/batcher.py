@@ -98,13 +98,13 @@ class Batcher:
                 joining: list[TurnHandle] = []
                 while self._waiting and loop.free_slots > len(joining):
                     joining.append(self._waiting.popleft())
-            for handle in joining:
-                self._admit(handle)
             for row in list(loop.rows):
                 assert isinstance(row.key, TurnHandle)
                 if row.key.cancelled.is_set():
                     loop.remove(row.key)
                     row.key._put(_END)
+            for handle in joining:
+                self._admit(handle)
             if not loop.rows:
                 continue
             try:

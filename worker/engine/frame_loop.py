@@ -23,7 +23,7 @@ depend on which other turns share its batch. Greedy rows take the arg-max and eq
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -93,6 +93,11 @@ class _SlotCache:
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
 
+    def swap(self, a: int, b: int, length: int) -> None:
+        """Exchange the first ``length`` positions of slots ``a`` and ``b``."""
+        for t in (*self.keys, *self.values):
+            t[[a, b], :, :length] = t[[b, a], :, :length]
+
 
 @dataclass(frozen=True)
 class RowParams:
@@ -116,7 +121,7 @@ class Row:
     # Set by admit: the prefill's last hidden state and codebook-0 logits, used by the next step.
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     finished: bool = False
-    ended: bool = field(default=False)
+    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,9 +252,9 @@ class FrameLoop:
         rows = self.rows
         if not rows:
             return []
+        self._pack_fresh_last()
         fresh = [i for i, r in enumerate(rows) if r.pending is not None]
-        # Fresh rows were appended last, so the rows that continue are the slots before them.
-        n_old = fresh[0] if fresh else len(rows)
+        n_old = len(rows) - len(fresh)  # the rows that continue: slots 0..n_old-1
         hiddens, logits = [], []
         if n_old:
             h, lg = self._backbone_step(n_old)
@@ -281,6 +286,24 @@ class FrameLoop:
         for row in [r for r in rows if r.finished]:
             self.remove(row.key)
         return results
+
+    def _pack_fresh_last(self) -> None:
+        """Keep rows that have not made a frame yet after those that have (admission appends
+        them; a removal can move one forward), so a backbone step runs over a plain prefix."""
+        rows = self.rows
+        i, j = 0, len(rows) - 1
+        while True:
+            while i < j and rows[i].pending is None:  # the first fresh row from the front
+                i += 1
+            while i < j and rows[j].pending is not None:  # the last old row from the back
+                j -= 1
+            if i >= j:
+                return
+            self._cache.swap(i, j, max(rows[i].position, rows[j].position))
+            self._last[[i, j]] = self._last[[j, i]]
+            rows[i], rows[j] = rows[j], rows[i]
+            self._params_cache = None
+            i, j = i + 1, j - 1
 
     def _backbone_step(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone position for rows ``0..b-1``, from each row's last frame."""
