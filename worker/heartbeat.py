@@ -1,4 +1,5 @@
-"""A background thread that tells Redis this worker is alive and which model it runs."""
+"""A background thread that tells Redis this worker is alive and which model it runs, and after
+each beat looks for turns whose worker vanished (``shared.recovery``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from shared.queue import enqueue_job
+from shared.recovery import OrphanReconciler
 from shared.workers import beat, forget
 from worker.runtime import WorkerRuntime
 
@@ -21,6 +24,13 @@ class Heartbeat:
         self.period_s = rt.settings.worker_heartbeat_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="parley-heartbeat", daemon=True)
+        self.reconciler = OrphanReconciler(
+            sessions=rt.sessions,
+            redis=rt.redis,
+            keys=rt.keys,
+            me=rt.name,
+            enqueue=lambda job_id, cid: enqueue_job(rt.celery, rt.settings, job_id, cid),
+        )
 
     def start(self) -> None:
         self._beat()
@@ -41,6 +51,10 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self._beat()
+            try:
+                self.reconciler.run_once()
+            except Exception as exc:  # a database or Redis blip: try again next beat
+                log.warning("recovery pass failed: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()

@@ -32,6 +32,8 @@ class JobPlan:
     text: str
     params: dict[str, Any]
     max_context_turns: int
+    worker: str  # who runs it, and which attempt: a job taken over by recovery is not ours
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ def start_job(
         text=turn.text,
         params=dict(turn.params or {}),
         max_context_turns=conversation.max_context_turns,
+        worker=worker,
+        attempt=job.attempts,
     )
     session.commit()
     return Start(plan, None, conversation_id)
@@ -109,6 +113,15 @@ def _lock_running(session: Session, plan: JobPlan) -> Job | None:
     job = session.get(Job, plan.job_id, populate_existing=True)
     if job is None or job.status != JobStatus.RUNNING:
         log.info("job %s was cancelled while running; discarding its output", plan.job_id)
+        return None
+    if job.worker != plan.worker or job.attempts != plan.attempt:
+        log.warning(
+            "job %s was taken over (now attempt %d on %s); discarding attempt %d",
+            plan.job_id,
+            job.attempts,
+            job.worker,
+            plan.attempt,
+        )
         return None
     return job
 

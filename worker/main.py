@@ -8,6 +8,7 @@ turn to the engine's frame loop, which runs them all together, and streams its o
 from __future__ import annotations
 
 import logging
+import os
 
 from shared.errors import ModelLoadError
 from shared.settings import Settings
@@ -39,6 +40,7 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
             "model": rt.model_label,
             "test_model": engine.is_test_model,
             "device": engine.device,
+            "pid": os.getpid(),
         },
     )
     heartbeat.start()

@@ -1,0 +1,164 @@
+"""A worker killed with SIGKILL mid-turn: another worker speaks the turn again, stored once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from redis import Redis
+
+from shared.conversations import create_conversation
+from shared.db import make_engine, make_session_factory
+from shared.dispatch import claim_next
+from shared.keys import RedisKeys
+from shared.models import Job, TurnMedia
+from shared.recovery import Orphan, OrphanReconciler, requeue_orphan
+from shared.settings import Settings
+from shared.turns import create_generated_turn
+from shared.workers import beat, live_workers
+from tests.expected import expected_codes, served_codes
+from tests.stack import Stack, database
+from worker.job_state import JobPlan, start_job, succeed_job
+
+TEXT = "A long turn whose worker is killed half way."
+PARAMS = {"max_audio_length_ms": 30_000, "temperature": 0}
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite", "postgresql"])
+def test_a_killed_worker_s_turn_is_spoken_again_and_stored_once(
+    make_stack: Callable[..., Stack], engine: Any, db_kind: str
+) -> None:
+    stack = make_stack(db_kind, workers=2)
+    cid = stack.conversation()
+    turn = stack.say(cid, 0, TEXT, **PARAMS)
+    deadline = time.monotonic() + 60
+    while True:  # until the turn is well under way
+        job = stack.client.get(f"/v1/jobs/{turn['job_id']}").json()
+        if job["status"] == "running" and job["progress"].get("frames", 0) >= 5:
+            break
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.02)
+    first_worker = job["worker"]
+    pids = {w["name"]: w["pid"] for w in live_workers(stack.redis, stack.keys)}
+    os.kill(pids[first_worker], signal.SIGKILL)
+    killed_at = time.monotonic()
+    # Ahead of the recovery, the next turn waits its turn: order holds across the crash.
+    second = stack.say(cid, 1, "And then the next turn.", max_audio_length_ms=800)
+
+    done = stack.wait_job(turn["job_id"], timeout=120)
+    recovered_in = time.monotonic() - killed_at
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2 and done["worker"] != first_worker, done
+    # Heartbeat 1 s: its key expires within 3 s, then two recovery passes; plus the turn.
+    assert recovered_in < 60, recovered_in
+
+    codes = served_codes(stack, cid, turn["id"])
+    np.testing.assert_array_equal(codes, expected_codes(engine, stack, cid, [], 0, TEXT, **PARAMS))
+    got = stack.client.get(f"/v1/conversations/{cid}/turns/{turn['id']}").json()
+    assert got["frames"] == 375 and got["duration_ms"] == 30_000
+
+    after = stack.wait_job(second["job_id"])
+    assert after["status"] == "succeeded" and after["attempts"] == 1, after
+    assert after["started_at"] >= done["finished_at"]
+    turns = stack.client.get(f"/v1/conversations/{cid}/turns").json()
+    assert [t["index"] for t in turns] == [0, 1]  # one row per turn: nothing stored twice
+    assert "vanished; the turn is queued again" in stack.worker_logs()
+
+
+def test_only_the_current_attempt_can_store_the_turn(tmp_path: Path) -> None:
+    """An attempt that was taken over (its worker judged gone, the job run again) finds its
+    output discarded, even though the job is running again; the new attempt stores it."""
+    with database("sqlite", tmp_path) as url:
+        db = make_engine(Settings(database_url=url))
+        sessions = make_session_factory(db)
+        with sessions() as s:
+            cid = create_conversation(s, owner="o", max_context_turns=5, metadata={}).id
+            s.commit()
+            job_id = create_generated_turn(
+                s, owner="o", conversation_id=cid, speaker=0, text="t", params={}
+            ).job.id
+            s.commit()
+        with sessions() as s:
+            assert claim_next(s, cid) == job_id
+            s.commit()
+
+        def start(worker: str) -> JobPlan:
+            with sessions() as s:
+                plan = start_job(
+                    s, job_id=job_id, conversation_id=cid, worker=worker, model="m", test_model=True
+                ).plan
+            assert plan is not None
+            return plan
+
+        first = start("w1")
+        with sessions() as s:  # a stale view (w2 is not w1) changes nothing
+            assert requeue_orphan(s, Orphan(job_id, cid, "w2")) == (False, None)
+        with sessions() as s:
+            assert requeue_orphan(s, Orphan(job_id, cid, "w1")) == (True, job_id)
+        second = start("w2")
+        assert (first.attempt, second.attempt) == (1, 2)
+        codes = np.zeros((3, 4), dtype=np.int64)
+        with sessions() as s:
+            stored, _ = succeed_job(s, first, codes=codes, audio_flac=b"x", frame_ms=80)
+        assert not stored
+        with sessions() as s:
+            stored, _ = succeed_job(s, second, codes=codes, audio_flac=b"y", frame_ms=80)
+        assert stored
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            assert (job.status, job.attempts, job.worker) == ("succeeded", 2, "w2")
+            media = s.get(TurnMedia, job.turn_id)
+            assert media is not None and media.audio_flac == b"y"
+        db.dispose()
+
+
+def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heartbeat(
+    tmp_path: Path,
+) -> None:
+    with database("sqlite", tmp_path) as url:
+        settings = Settings(database_url=url, redis_prefix=f"parley-test-{uuid.uuid4().hex[:10]}")
+        db = make_engine(settings)
+        sessions = make_session_factory(db)
+        redis = Redis.from_url(settings.redis_url)
+        keys = RedisKeys(settings.redis_prefix)
+        with sessions() as s:
+            cid = create_conversation(s, owner="o", max_context_turns=5, metadata={}).id
+            job_id = create_generated_turn(
+                s, owner="o", conversation_id=cid, speaker=0, text="t", params={}
+            ).job.id
+            claim_next(s, cid)
+            s.commit()
+        with sessions() as s:
+            start_job(
+                s, job_id=job_id, conversation_id=cid, worker="gone", model="m", test_model=True
+            )
+        sent: list[tuple[str, str]] = []
+        reconciler = OrphanReconciler(
+            sessions=sessions,
+            redis=redis,
+            keys=keys,
+            me="me",
+            enqueue=lambda j, c: sent.append((j, c)),
+        )
+        try:
+            assert reconciler.run_once() == []  # no heartbeat of its own: Redis may be empty
+            assert reconciler.run_once() == []
+            beat(redis, keys, name="me", info={"name": "me"}, ttl_s=30)
+            assert reconciler.run_once() == []  # a suspect, not yet an orphan
+            assert reconciler.run_once() == [job_id]
+            assert sent == [(job_id, cid)]
+            assert reconciler.run_once() == []  # queued now, nothing more to do
+        finally:
+            for key in redis.scan_iter(match=f"{settings.redis_prefix}:*"):
+                redis.delete(key)
+            redis.close()
+            db.dispose()
