@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from transformers import CsmConfig, CsmForConditionalGeneration
 
-from worker.engine.frame_loop import FrameLoop, RowParams
+from bench import summary
+from worker.engine.frame_loop import FrameLoop
+from worker.engine.types import SamplingParams
 
 PROMPT_POSITIONS = 200  # a few turns of context: text tokens and audio frames
 
@@ -79,7 +81,7 @@ def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> flo
     return statistics.median(times)
 
 
-def run_loop(loop: FrameLoop, rows: list[tuple[torch.Tensor, RowParams]]) -> int:
+def run_loop(loop: FrameLoop, rows: list[tuple[torch.Tensor, SamplingParams]]) -> int:
     """Admit every row, step until all are done; the number of frames made."""
     for i, (embeds, params) in enumerate(rows):
         loop.admit(i, embeds, params)
@@ -97,7 +99,7 @@ def loop_vs_generate(model: CsmForConditionalGeneration, *, frames: int, repeats
     greedy = {"do_sample": False, "temperature": None, "top_k": None}
     kwargs: dict[str, Any] = {**greedy, **{f"depth_decoder_{k}": v for k, v in greedy.items()}}
     loop = FrameLoop(model, max_batch=1)
-    params = RowParams(temperature=0, top_k=0, max_frames=frames)
+    params = SamplingParams(temperature=0, top_k=0, max_frames=frames)
 
     def hf() -> Any:
         return model.generate(
@@ -134,7 +136,10 @@ def batch_throughput(
     base = None
     for b in sizes:
         rows = [
-            (prompt_embeds(model, PROMPT_POSITIONS - 7 * i, seed=i), RowParams(0.9, 50, frames, i))
+            (
+                prompt_embeds(model, PROMPT_POSITIONS - 7 * i, seed=i),
+                SamplingParams(0.9, 50, frames, i),
+            )
             for i in range(b)
         ]
         ms = _median_ms(partial(run_loop, loop, rows), repeats, model.device)
@@ -152,7 +157,7 @@ def batch_throughput(
 def time_to_first_audio(engine: Any, *, frames: int, repeats: int) -> dict:
     """Through ``CsmEngine.generate`` (batcher thread) with the streaming decoder: first decoded
     frame vs the whole turn decoded, for one ``frames``-frame turn."""
-    from worker.engine.csm import ContextTurn, SamplingParams
+    from worker.engine.csm import ContextTurn
 
     rng = np.random.default_rng(0)
     context = [
@@ -180,10 +185,4 @@ def time_to_first_audio(engine: Any, *, frames: int, repeats: int) -> dict:
             raise RuntimeError(f"expected {frames} frames, got {codes.shape[0]}")
         firsts.append(1000 * (first[0] - t0))
         totals.append(1000 * total)
-    first_ms, total_ms = statistics.median(firsts), statistics.median(totals)
-    return {
-        "frames": frames,
-        "first_audio_ms": first_ms,
-        "turn_ms": total_ms,
-        "first_audio_fraction": first_ms / total_ms,
-    }
+    return summary.first_audio(frames, firsts, totals)

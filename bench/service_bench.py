@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from redis import Redis
 
+from bench import summary
 from shared.settings import Settings
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -118,11 +119,6 @@ def _wait_job(client: httpx.Client, job_id: str) -> dict:
         time.sleep(0.02)
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def queue_overhead(client: httpx.Client, *, turns: int, frames: int) -> dict:
     """Client send time → the worker's ``started_at``, for turns posted one after another."""
     cid = client.post("/v1/conversations", json={"max_context_turns": 2}).json()["id"]
@@ -143,10 +139,10 @@ def queue_overhead(client: httpx.Client, *, turns: int, frames: int) -> dict:
         "turns": turns,
         "post_ms_p50": statistics.median(post),
         "post_to_running_ms_p50": statistics.median(samples),
-        "post_to_running_ms_p99": _pct(samples, 0.99),
+        "post_to_running_ms_p99": summary.percentile(samples, 0.99),
         # From the job row's creation in the API's transaction to the worker's start.
         "created_to_running_ms_p50": statistics.median(transit),
-        "created_to_running_ms_p99": _pct(transit, 0.99),
+        "created_to_running_ms_p99": summary.percentile(transit, 0.99),
         "samples_ms": samples,
         "last_job_id": turn["job_id"],
     }
@@ -175,14 +171,7 @@ def first_audio(client: httpx.Client, *, frames: int, repeats: int) -> dict:
         if i and first is not None:  # the first turn warms up
             firsts.append(1000 * (first - t0))
             totals.append(1000 * total)
-    first_ms, total_ms = statistics.median(firsts), statistics.median(totals)
-    return {
-        "frames": frames,
-        "first_audio_ms": first_ms,
-        "turn_ms": total_ms,
-        "first_audio_fraction": first_ms / total_ms,
-        "real_time_factor": total_ms / (frames * 80),
-    }
+    return summary.first_audio(frames, firsts, totals)
 
 
 def polling_rate(base_url: str, job_id: str, *, clients: int, seconds: float) -> dict:

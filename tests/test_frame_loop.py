@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from worker.engine.csm import ContextTurn, CsmEngine, SamplingParams
-from worker.engine.frame_loop import FrameLoop, RowParams
+from worker.engine.frame_loop import FrameLoop
 
 RNG = np.random.default_rng(5)
 CONTEXT = [
@@ -31,7 +31,10 @@ def _embeds(engine: CsmEngine, context: list[ContextTurn], speaker: int, text: s
     return engine._prompt.embed(context, speaker, text)[0]
 
 
-def _run(loop: FrameLoop, joins: dict[int, list[tuple[str, Any, RowParams]]]) -> dict[str, Any]:
+Join = tuple[str, Any, SamplingParams]
+
+
+def _run(loop: FrameLoop, joins: dict[int, list[Join]]) -> dict[str, Any]:
     """Step ``loop`` until empty; ``joins[n]`` are admitted before step ``n``."""
     frames: dict[str, list[np.ndarray]] = {}
     step = 0
@@ -59,7 +62,7 @@ def test_greedy_loop_equals_transformers_generate(engine: CsmEngine, n_context: 
 def test_batched_turns_equal_each_turn_alone(engine: CsmEngine) -> None:
     loop = FrameLoop(engine._model, max_batch=4)
     items = [
-        (f"t{i}", _embeds(engine, ctx, spk, text), RowParams(0, 0, n))
+        (f"t{i}", _embeds(engine, ctx, spk, text), SamplingParams(0, 0, n))
         for i, (ctx, spk, text, n) in enumerate(TURNS)
     ]
     alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
@@ -77,24 +80,24 @@ def test_batched_turns_equal_each_turn_alone(engine: CsmEngine) -> None:
 def test_full_batch_refuses_and_frees_a_slot_when_a_turn_ends(engine: CsmEngine) -> None:
     loop = FrameLoop(engine._model, max_batch=2)
     e = _embeds(engine, [], 0, "x")
-    loop.admit("a", e, RowParams(0, 0, 2))
-    loop.admit("b", e, RowParams(0, 0, 5))
+    loop.admit("a", e, SamplingParams(0, 0, 2))
+    loop.admit("b", e, SamplingParams(0, 0, 5))
     with pytest.raises(ValueError, match="full"):
-        loop.admit("c", e, RowParams(0, 0, 5))
+        loop.admit("c", e, SamplingParams(0, 0, 5))
     loop.step()
     done = loop.step()
     assert [(r.key, r.done) for r in done] == [("a", True), ("b", False)]
     assert loop.free_slots == 1  # freed within the step that finished "a"
     with pytest.raises(ValueError, match="exceeds"):
-        loop.admit("d", e, RowParams(0, 0, 2048))
-    loop.admit("c", e, RowParams(0, 0, 5))
+        loop.admit("d", e, SamplingParams(0, 0, 2048))
+    loop.admit("c", e, SamplingParams(0, 0, 5))
     assert loop.free_slots == 0
 
 
 def test_cancel_mid_batch_leaves_the_other_turns_unchanged(engine: CsmEngine) -> None:
     loop = FrameLoop(engine._model, max_batch=4)
     items = [
-        (f"t{i}", _embeds(engine, ctx, spk, text), RowParams(0, 0, n))
+        (f"t{i}", _embeds(engine, ctx, spk, text), SamplingParams(0, 0, n))
         for i, (ctx, spk, text, n) in enumerate(TURNS[:4])
     ]
     alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
@@ -120,12 +123,12 @@ def test_seeded_sampling_is_deterministic_and_independent_of_the_batch(
     loop = FrameLoop(engine._model, max_batch=4)
     e1 = _embeds(engine, CONTEXT, 1, "Sampled with a seed.")
     e2 = _embeds(engine, CONTEXT[:1], 0, "A neighbour.")
-    sampled = RowParams(temperature=1.5, top_k=20, max_frames=20, seed=7)
+    sampled = SamplingParams(temperature=1.5, top_k=20, max_frames=20, seed=7)
     a = _run(loop, {0: [("s", e1, sampled)]})["s"]
-    b = _run(loop, {0: [("n", e2, RowParams(1.0, 0, 30, seed=1)), ("s", e1, sampled)]})["s"]
+    b = _run(loop, {0: [("n", e2, SamplingParams(1.0, 0, 30, seed=1)), ("s", e1, sampled)]})["s"]
     np.testing.assert_array_equal(a, b)
-    other = _run(loop, {0: [("s", e1, RowParams(1.5, 20, 20, seed=8))]})["s"]
-    greedy = _run(loop, {0: [("s", e1, RowParams(0, 0, 20))]})["s"]
+    other = _run(loop, {0: [("s", e1, SamplingParams(1.5, 20, 20, seed=8))]})["s"]
+    greedy = _run(loop, {0: [("s", e1, SamplingParams(0, 0, 20))]})["s"]
     assert not np.array_equal(a, other)  # the seed matters
     assert not np.array_equal(a, greedy)  # and this is really sampled
     assert a.min() >= 0 and a.max() < engine.codebook_size  # suppressed ids never drawn
@@ -171,7 +174,7 @@ def test_a_removal_that_moves_a_fresh_row_forward_keeps_every_turn_exact(
     lands in an early slot and the loop must re-pack rows before stepping."""
     loop = FrameLoop(engine._model, max_batch=4)
     items = [
-        (f"t{i}", _embeds(engine, ctx, spk, text), RowParams(0, 0, n))
+        (f"t{i}", _embeds(engine, ctx, spk, text), SamplingParams(0, 0, n))
         for i, (ctx, spk, text, n) in enumerate(TURNS[:4])
     ]
     alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}

@@ -84,7 +84,8 @@ class TurnAudio:
         frames = np.stack(self._pending)
         self._pending.clear()
         # The samples listeners get (int16), as floats for the guard; exact both ways.
-        heard = audio.to_pcm16(self._decoder.push(frames)).astype(np.float32) / 32768
+        pcm = audio.to_pcm16(self._decoder.push(frames))
+        heard = pcm.astype(np.float32) / audio.PCM16_FULL_SCALE
         per_frame = heard.reshape(len(frames), -1)
         for frame, samples in zip(frames, per_frame, strict=True):
             if self.guard is None:

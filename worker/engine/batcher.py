@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from shared.errors import EngineError
-from worker.engine.frame_loop import FrameLoop, RowParams
+from worker.engine.frame_loop import FrameLoop
+from worker.engine.types import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,11 @@ class TurnHandle:
     ``cancel()``. A failure in the loop is raised from the iteration as ``EngineError``.
     """
 
-    def __init__(self, inputs_embeds: torch.Tensor, params: RowParams) -> None:
+    def __init__(self, inputs_embeds: torch.Tensor, params: SamplingParams) -> None:
         """A turn waiting for a slot; made by :meth:`Batcher.submit`."""
         self.inputs_embeds = inputs_embeds
         self.params = params
         self.cancelled = threading.Event()
-        self.ended = False  # the model emitted its end frame
         self._frames: queue.SimpleQueue[object] = queue.SimpleQueue()
 
     def cancel(self) -> None:
@@ -67,18 +67,13 @@ class Batcher:
         self._waiting: deque[TurnHandle] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
-        self.frames_made = 0  # for benchmarks and logs
-
-    @property
-    def max_batch(self) -> int:
-        return self._loop.max_batch
 
     @property
     def active(self) -> int:
         """Turns in the batch right now."""
         return len(self._loop.rows)
 
-    def submit(self, inputs_embeds: torch.Tensor, params: RowParams) -> TurnHandle:
+    def submit(self, inputs_embeds: torch.Tensor, params: SamplingParams) -> TurnHandle:
         """Queue a turn; it joins the batch at the next frame boundary with a free slot."""
         handle = TurnHandle(inputs_embeds, params)
         with self._wake:
@@ -117,14 +112,11 @@ class Batcher:
                     assert isinstance(row.key, TurnHandle)
                     row.key._put(error)
                 continue
-            self.frames_made += len(results)
             for result in results:
                 owner = result.key
                 assert isinstance(owner, TurnHandle)
                 if result.frame is not None:
                     owner._put(result.frame.numpy().astype(np.int64))
-                else:
-                    owner.ended = True
                 if result.done:
                     owner._put(_END)
 

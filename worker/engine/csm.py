@@ -19,7 +19,7 @@ from transformers import AutoProcessor, CsmForConditionalGeneration, CsmProcesso
 from shared.errors import EngineError, ModelLoadError
 from worker.engine.batcher import Batcher
 from worker.engine.codec_stream import StreamingDecoder
-from worker.engine.frame_loop import FrameLoop, RowParams
+from worker.engine.frame_loop import FrameLoop
 from worker.engine.generation import FrameStreamer, GenerationCancelled, generate_kwargs
 from worker.engine.hf import config_int, quiet_progress_bars
 from worker.engine.prompt import PromptBuilder
@@ -286,13 +286,7 @@ class CsmEngine:
             inputs_embeds, _ = self._prompt.embed_ids(ids, context_codes)
         except Exception as exc:
             raise EngineError(f"generation failed: {_one_line(exc)}") from exc
-        row = RowParams(
-            temperature=params.temperature,
-            top_k=params.top_k,
-            max_frames=params.max_frames,
-            seed=params.seed,
-        )
-        handle = self._batcher.submit(inputs_embeds, row)
+        handle = self._batcher.submit(inputs_embeds, params)
         frames: list[np.ndarray] = []
         try:
             for frame in handle:
@@ -327,30 +321,11 @@ class CsmEngine:
         *,
         on_frame: Callable[[np.ndarray], bool] | None = None,
     ) -> np.ndarray:
-        """:meth:`generate` through transformers' own ``generate`` (one turn at a time).
+        """:meth:`generate` through transformers' own ``generate``, one turn at a time.
 
-        The reference the frame loop is checked against (same codes when greedy); sampling
-        draws differ (``generate`` uses the global torch RNG seeded with ``params.seed``).
-
-        The prompt is built from the context's cached codes (audio is never re-encoded) and is
-        equivalent to transformers' raw-audio path. Generation ends at the end frame, after
-        ``params.max_frames`` frames, or when ``on_frame`` returns True.
-
-        Args:
-            context: Earlier turns, oldest first.
-            speaker: Speaker id of the new turn.
-            text: Text of the new turn.
-            params: Sampling settings (temperature 0 = greedy; ``seed`` for reproducibility).
-            on_frame: Called with each new frame's codes ``(num_codebooks,)`` int64 (never the
-                end frame); return True to stop early. An exception it raises propagates unchanged.
-
-        Returns:
-            Codes ``(frames, num_codebooks)`` int64, without the end frame.
-
-        Raises:
-            EngineError: Generation failed; code ``invalid_input`` for bad parameters, codes
-                or speaker, ``prompt_too_long`` when prompt plus ``max_frames`` exceeds
-                ``max_positions``.
+        The reference the frame loop is checked against: the same prompt and arguments, the
+        same codes when greedy. Sampling draws differ (``generate`` uses the global torch RNG,
+        seeded with ``params.seed``). ``on_frame`` is called in this thread.
         """
         self._check_params(params)
         with self._lock:

@@ -31,6 +31,7 @@ from torch import nn
 from transformers import CsmForConditionalGeneration
 
 from worker.engine.hf import config_int
+from worker.engine.types import SamplingParams
 
 
 class _SlotCache:
@@ -99,29 +100,17 @@ class _SlotCache:
             t[[a, b], :, :length] = t[[b, a], :, :length]
 
 
-@dataclass(frozen=True)
-class RowParams:
-    """How one row samples: greedy when ``temperature`` is 0; ``top_k`` 0 disables top-k."""
-
-    temperature: float
-    top_k: int
-    max_frames: int
-    seed: int | None = None
-
-
 @dataclass
 class Row:
     """A turn in the batch. ``position`` is how many backbone positions its cache holds."""
 
     key: object
-    params: RowParams
+    params: SamplingParams
     position: int
     generator: torch.Generator
     frames: int = 0
     # Set by admit: the prefill's last hidden state and codebook-0 logits, used by the next step.
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
-    finished: bool = False
-    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +188,7 @@ class FrameLoop:
         return self.max_batch - len(self.rows)
 
     @torch.no_grad()
-    def admit(self, key: object, inputs_embeds: torch.Tensor, params: RowParams) -> Row:
+    def admit(self, key: object, inputs_embeds: torch.Tensor, params: SamplingParams) -> Row:
         """Prefill a new row from its prompt embeddings ``(1, L, hidden)``; it joins the batch.
 
         Raises:
@@ -277,14 +266,13 @@ class FrameLoop:
             row.position += 1 if i < n_old else 0
             frame = host[i]
             if bool((frame[:-1] == self.eos).all()):
-                row.finished = row.ended = True
                 results.append(FrameResult(row.key, None, True))
                 continue
             row.frames += 1
-            row.finished = row.frames >= row.params.max_frames
-            results.append(FrameResult(row.key, frame, row.finished))
-        for row in [r for r in rows if r.finished]:
-            self.remove(row.key)
+            results.append(FrameResult(row.key, frame, row.frames >= row.params.max_frames))
+        for result in results:
+            if result.done:
+                self.remove(result.key)
         return results
 
     def _pack_fresh_last(self) -> None:
@@ -356,19 +344,20 @@ class FrameLoop:
         """Per-row sampling tensors and this frame's noise (drawn from each row's generator)."""
         if self._params_cache is None:
             rows, device = self.rows, self.device
-            temps = [r.params.temperature for r in rows]
-            temperature = torch.tensor([t if t > 0 else 1.0 for t in temps], device=device)
+            temperature = torch.tensor(
+                [1.0 if r.params.greedy else r.params.temperature for r in rows], device=device
+            )
             top_k = torch.tensor(
                 [min(r.params.top_k or self.vocab, self.vocab) for r in rows], device=device
             )
-            greedy = torch.tensor([t == 0 for t in temps], device=device)
+            greedy = torch.tensor([r.params.greedy for r in rows], device=device)
             backbone = _suppress_mask(
                 self._model.generation_config.suppress_tokens, self.vocab, device
             )
             depth = _suppress_mask(
                 self._model.depth_decoder.generation_config.suppress_tokens, self.vocab, device
             )
-            all_greedy = all(t == 0 for t in temps)  # a host bool: no device sync per frame
+            all_greedy = all(r.params.greedy for r in rows)  # a host bool: no sync per frame
             self._params_cache = (temperature[:, None], top_k, greedy, all_greedy, backbone, depth)
         temperature, top_k, greedy, all_greedy, backbone, depth = self._params_cache
         noise = None

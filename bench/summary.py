@@ -1,0 +1,23 @@
+"""Summaries shared by the engine and service benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+
+
+def first_audio(frames: int, firsts_ms: list[float], totals_ms: list[float]) -> dict:
+    """Medians of time to first audio and of the whole turn, and the fraction between them."""
+    first_ms, total_ms = statistics.median(firsts_ms), statistics.median(totals_ms)
+    return {
+        "frames": frames,
+        "first_audio_ms": first_ms,
+        "turn_ms": total_ms,
+        "first_audio_fraction": first_ms / total_ms,
+        "real_time_factor": total_ms / (frames * 80),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
