@@ -4,19 +4,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parley-installed
 # CPU torch where no NVIDIA GPU is present (a plain `torch` would pull a multi-GB CUDA build).
 TORCH_CPU ?= torch==2.13.0
+# The versions of everything else that the suite last passed with (`make lock` renews them), so a
+# release upstream cannot change a fresh clone's install under it.
+CONSTRAINTS := constraints.txt
 
-.PHONY: install run test lint bench clean
+.PHONY: install browser run test lint bench load lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install -q torch; \
 	else \
 		$(PY) -m pip install -q "$(TORCH_CPU)"; \
 	fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 run: install
@@ -27,11 +30,34 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+# Debian's chromium, for the playground's browser test (Playwright drives it; it never downloads
+# a browser of its own). apt-get as root, else through sudo.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+		|| { $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium; }; }
+
+test: lint browser
 	$(PY) -m pytest
 
 bench: install
 	$(PY) -m bench.run
+
+# Options through LOAD_ARGS, e.g. make load LOAD_ARGS="--db postgresql --conversations 32"
+load: install
+	$(PY) -m bench.load $(LOAD_ARGS)
+
+# Take the newest releases pyproject.toml allows: install them into a scratch venv and pin what
+# it got (torch aside: the machine decides that one). Run `make test` after it.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q "$(TORCH_CPU)"
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i '^torch==' > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) .parley parley.db parley.db-wal parley.db-shm

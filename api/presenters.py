@@ -2,24 +2,58 @@
 
 from __future__ import annotations
 
-from redis import Redis
+from collections.abc import Mapping
 
-from api.schemas import ConversationOut, ErrorBody, JobOut, TurnOut
+from fastapi.responses import JSONResponse
+from redis import Redis
+from redis.exceptions import RedisError
+
+from api.schemas import ConversationOut, ErrorBody, JobOut, TurnOut, VoiceOut
 from shared.keys import RedisKeys
-from shared.models import Conversation, Job, JobStatus, Turn
+from shared.models import Conversation, Job, JobStatus, Turn, Voice, VoiceStatus
+from shared.voices import SERVER_OWNER
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """Parley's error body: ``{"error": {"code", "message"}}``."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def audio_url(conversation_id: str, turn_id: str) -> str:
     return f"/v1/conversations/{conversation_id}/turns/{turn_id}/audio"
 
 
-def conversation_out(conversation: Conversation, *, turn_count: int) -> ConversationOut:
+def conversation_out(
+    conversation: Conversation, *, turn_count: int, speakers: Mapping[int, str]
+) -> ConversationOut:
     return ConversationOut(
         id=conversation.id,
         max_context_turns=conversation.max_context_turns,
         metadata=conversation.meta,
+        speakers={str(speaker): name for speaker, name in speakers.items()},
         turn_count=turn_count,
         created_at=conversation.created_at,
+    )
+
+
+def voice_out(voice: Voice) -> VoiceOut:
+    error = ErrorBody(code="voice_failed", message=voice.error_message or "")
+    return VoiceOut(
+        id=voice.id,
+        name=voice.name,
+        text=voice.text,
+        speaker=voice.speaker,
+        status=voice.status,  # type: ignore[arg-type]
+        duration_ms=voice.duration_ms,
+        frames=voice.frames,
+        error=error if voice.status == VoiceStatus.FAILED else None,
+        audio_url=f"/v1/voices/{voice.name}/audio",
+        created_at=voice.created_at,
+        server=voice.owner == SERVER_OWNER,
     )
 
 
@@ -46,7 +80,10 @@ def turn_out(turn: Turn) -> TurnOut:
 def job_out(job: Job, *, redis: Redis, keys: RedisKeys) -> JobOut:
     frames = job.frames
     if job.status == JobStatus.RUNNING:
-        live = redis.get(keys.job_frames(job.id))
+        try:
+            live = redis.get(keys.job_frames(job.id))
+        except RedisError:  # Redis away: progress as SQL last knew it
+            live = None
         if live is not None:
             frames = int(live)
     error = (

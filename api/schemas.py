@@ -2,29 +2,64 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**32 - 1
 
 
+def _as_utc(value: datetime) -> datetime:
+    """SQLite keeps no time zone: its timestamps (all written in UTC) come back naive."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# A timestamp as the contract gives it: RFC 3339 with its offset, whatever the database.
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: no unknown fields, and JSON types as declared (no true or "5" for 5)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ConversationCreate(Strict):
     max_context_turns: int | None = Field(default=None, ge=0)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    speakers: dict[str, str] = Field(
+        default_factory=dict, description='speaker id → voice name, e.g. {"0": "anna"}'
+    )
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _plain_json(cls, value: Any) -> Any:
+        # Python's JSON parser lets NaN, Infinity and lone surrogates ("\ud800") through;
+        # PostgreSQL's json refuses the first two and no UTF-8 can hold the last.
+        try:
+            json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+            raise ValueError(
+                "metadata must be plain JSON: no NaN or Infinity, no lone surrogates"
+            ) from exc
+        return value
+
+
+class ConversationUpdate(Strict):
+    speakers: dict[str, str | None] = Field(
+        description="speaker id → voice name (null unbinds); speakers not named keep their voice"
+    )
 
 
 class ConversationOut(BaseModel):
     id: str
     max_context_turns: int
     metadata: dict[str, Any]
+    speakers: dict[str, str]
     turn_count: int
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class TurnParams(Strict):
@@ -56,12 +91,32 @@ class TurnOut(BaseModel):
     duration_ms: int | None
     sample_rate: int
     audio_url: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ErrorBody(BaseModel):
     code: str
     message: str
+
+
+class ErrorOut(BaseModel):
+    """The body of every 4xx (and of a 5xx the server reports): what went wrong, by name."""
+
+    error: ErrorBody
+
+
+class VoiceOut(BaseModel):
+    id: str
+    name: str
+    text: str
+    speaker: int
+    status: Literal["encoding", "ready", "failed"]
+    duration_ms: int
+    frames: int | None
+    error: ErrorBody | None
+    audio_url: str
+    created_at: datetime
+    server: bool = Field(description="one of the server's voices (the operator's), for every key")
 
 
 class JobOut(BaseModel):
@@ -77,9 +132,9 @@ class JobOut(BaseModel):
     test_model: bool
     attempts: int
     worker: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
 
 
 class CodesOut(BaseModel):
@@ -91,6 +146,9 @@ class CodesOut(BaseModel):
 
 class ReadyOut(BaseModel):
     ready: bool
+    # ready: everything answers. degraded: SQL answers, so turns are accepted and kept, but
+    # Redis or every worker is away (turns wait). unavailable: the database is away.
+    status: Literal["ready", "degraded", "unavailable"]
     checks: dict[str, str]
     workers: list[dict[str, Any]]
     model: str | None

@@ -9,6 +9,7 @@ from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.rate_limit import RateLimiter
 from shared.context import ContextStore
 from shared.db import make_engine, make_session_factory
 from shared.keys import RedisKeys
@@ -26,11 +27,13 @@ class ApiState:
     celery: Celery
     context: ContextStore
     keys: RedisKeys
+    rate_limiter: RateLimiter
 
     @classmethod
     def create(cls, settings: Settings) -> ApiState:
         engine = make_engine(settings)
         redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        keys = RedisKeys(settings.redis_prefix)
         return cls(
             settings=settings,
             engine=engine,
@@ -39,7 +42,8 @@ class ApiState:
             redis=redis,
             celery=create_celery(settings),
             context=ContextStore(redis, settings.redis_prefix),
-            keys=RedisKeys(settings.redis_prefix),
+            keys=keys,
+            rate_limiter=RateLimiter(redis, keys, per_minute=settings.rate_limit_per_minute),
         )
 
     def close(self) -> None:

@@ -60,6 +60,7 @@ def run_service(args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {"model": ready.get("model")}
         out["queue"] = service_bench.queue_overhead(client, turns=args.turns, frames=4)
         out["first_audio"] = service_bench.first_audio(client, frames=100, repeats=3)
+        out["sidecar"] = service_bench.sidecar(client, frames=25, repeats=5)
         out["polling"] = service_bench.polling_rate(
             str(client.base_url), out["queue"].pop("last_job_id"), clients=4, seconds=5
         )
@@ -115,6 +116,12 @@ def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 "polling GET /v1/jobs/{id} (req/s, 4 clients)",
                 f"{svc['polling']['requests_per_s']:.0f}",
+            ),
+            (
+                "/v1/csm/generate ÷ conversation API, 25 frames (ms, p50)",
+                f"{svc['sidecar']['sidecar_over_conversation']:.2f}  "
+                f"({svc['sidecar']['sidecar_ms_p50']:.0f} vs "
+                f"{svc['sidecar']['conversation_api_ms_p50']:.0f})",
             ),
         ]
     return rows

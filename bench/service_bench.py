@@ -5,11 +5,14 @@
   part after the API created the job row (``created_at`` → ``started_at``);
 - time to first audio through the stream endpoint for a turn of N frames, and its fraction of
   the whole turn (last byte);
-- polling: GET /v1/jobs/{id} requests per second with several concurrent clients.
+- polling: GET /v1/jobs/{id} requests per second with several concurrent clients;
+- the CSM sidecar endpoint against the same work through the conversation API, side by side.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import socket
 import statistics
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import soundfile as sf
 from redis import Redis
 
 from bench import summary
@@ -40,30 +45,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(client: httpx.Client, timeout: float = 180) -> dict:
+def _wait_ready(client: httpx.Client, timeout: float = 180, *, workers: int = 1) -> dict:
+    """/readyz's body once the stack is ready with at least ``workers`` live workers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             r = client.get("/readyz")
-            if r.status_code == 200:
+            if r.status_code == 200 and len(r.json()["workers"]) >= workers:
                 return dict(r.json())
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise TimeoutError("stack did not become ready")
+    raise TimeoutError(f"stack did not become ready with {workers} worker(s)")
 
 
 @contextmanager
-def stack(model: str | None, extra_env: dict[str, str] | None = None) -> Iterator[Any]:
-    """``parley api`` + one ``parley worker`` on SQLite in a temp folder, the machine's Redis
-    under a prefix of its own (removed afterwards). Yields (client, readyz)."""
+def stack(
+    model: str | None,
+    extra_env: dict[str, str] | None = None,
+    *,
+    workers: int = 1,
+    database_url: str | None = None,
+    log_dir: Path | None = None,
+) -> Iterator[Any]:
+    """``parley api`` + ``workers`` ``parley worker`` processes on ``database_url`` (default:
+    SQLite in a temp folder), the machine's Redis under a prefix of its own (removed
+    afterwards). Yields (client, readyz) once every worker is live. With ``log_dir``, each
+    process writes its output to a file there (``api.log``, ``worker-N.log``)."""
     tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     port = free_port()
     env = {
         **os.environ,
-        "PARLEY_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+        "PARLEY_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.db'}",
         "PARLEY_REDIS_PREFIX": f"parley-bench-{uuid.uuid4().hex[:8]}",
         "PARLEY_LOG_LEVEL": "WARNING",
+        "PARLEY_RATE_LIMIT_PER_MINUTE": "0",  # the polling benchmark asks as fast as it can
         **(extra_env or {}),
     }
     if model is None:
@@ -78,18 +94,26 @@ def stack(model: str | None, extra_env: dict[str, str] | None = None) -> Iterato
     subprocess.run(
         [sys.executable, "-m", "parley", "migrate"], check=True, env=env, capture_output=True
     )
+    commands = [["api", "--port", str(port)]] + [["worker"]] * workers
+    names = ["api"] + [f"worker-{i}" for i in range(workers)]
+    logs = [open(log_dir / f"{n}.log", "wb") if log_dir else None for n in names]  # noqa: SIM115
     procs = [
-        subprocess.Popen([sys.executable, "-m", "parley", "api", "--port", str(port)], env=env),
-        subprocess.Popen([sys.executable, "-m", "parley", "worker"], env=env),
+        subprocess.Popen(
+            [sys.executable, "-m", "parley", *command], env=env, stdout=log, stderr=log
+        )
+        for command, log in zip(commands, logs, strict=True)
     ]
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client, _wait_ready(client)
+            yield client, _wait_ready(client, workers=workers)
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+        for log in logs:
+            if log is not None:
+                log.close()
         redis = Redis.from_url(Settings().redis_url)
         for key in redis.scan_iter(match=f"{env['PARLEY_REDIS_PREFIX']}:*", count=500):
             redis.delete(key)
@@ -172,6 +196,62 @@ def first_audio(client: httpx.Client, *, frames: int, repeats: int) -> dict:
             firsts.append(1000 * (first - t0))
             totals.append(1000 * total)
     return summary.first_audio(frames, firsts, totals)
+
+
+def _clip(seconds: float, seed: int) -> bytes:
+    """A WAV of a noisy chirp: the context audio a client would send."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 24_000)) / 24_000
+    wave = 0.4 * np.sin(2 * np.pi * (200 + 300 * seed) * t) + 0.02 * rng.standard_normal(t.size)
+    buf = io.BytesIO()
+    sf.write(buf, wave.astype(np.float32), 24_000, format="WAV")
+    return buf.getvalue()
+
+
+def sidecar(client: httpx.Client, *, frames: int, repeats: int) -> dict:
+    """The same work, two ways, side by side: ``POST /v1/csm/generate`` with two 2-s context
+    segments, against the conversation API (a conversation, two uploads, the turn, polling,
+    its codes, the delete). Seconds from the first request to the codes in hand."""
+    clips = [_clip(2.0, 1), _clip(2.0, 2)]
+    segments = [
+        {"text": "How are you today?", "speaker": 1, "audio": base64.b64encode(clips[0]).decode()},
+        {"text": "Fine, and you?", "speaker": 0, "audio": base64.b64encode(clips[1]).decode()},
+    ]
+    params = {"temperature": 0, "max_audio_length_ms": frames * 80}
+    one_call, by_conversation = [], []
+    for i in range(repeats + 1):  # the first of each warms up
+        t0 = time.perf_counter()
+        r = client.post(
+            "/v1/csm/generate",
+            json={"text": "I am well.", "speaker": 1, "context": segments, **params},
+        )
+        r.raise_for_status()
+        t1 = time.perf_counter()
+        cid = client.post("/v1/conversations", json={}).json()["id"]
+        for segment, clip in zip(segments, clips, strict=True):
+            client.post(
+                f"/v1/conversations/{cid}/turns",
+                data={"speaker": str(segment["speaker"]), "text": segment["text"]},
+                files={"audio": ("c.wav", clip)},
+            ).raise_for_status()
+        body = {"speaker": 1, "text": "I am well.", "params": params}
+        turn = client.post(f"/v1/conversations/{cid}/turns", json=body).json()
+        _wait_job(client, turn["job_id"])
+        codes = client.get(f"/v1/conversations/{cid}/turns/{turn['id']}/codes").json()["codes"]
+        client.delete(f"/v1/conversations/{cid}").raise_for_status()
+        t2 = time.perf_counter()
+        if codes != r.json()["codes"]:
+            raise RuntimeError("the sidecar and the conversation API spoke different codes")
+        if i:
+            one_call.append(1000 * (t1 - t0))
+            by_conversation.append(1000 * (t2 - t1))
+    sidecar_ms, conversation_ms = statistics.median(one_call), statistics.median(by_conversation)
+    return {
+        "frames": frames,
+        "sidecar_ms_p50": sidecar_ms,
+        "conversation_api_ms_p50": conversation_ms,
+        "sidecar_over_conversation": sidecar_ms / conversation_ms,
+    }
 
 
 def polling_rate(base_url: str, job_id: str, *, clients: int, seconds: float) -> dict:

@@ -21,3 +21,10 @@ def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def spread(values: list[float]) -> dict[str, float | int | None]:
+    """Count, p50 and p99 (nearest rank) of ``values``; None quantiles when there are none."""
+    if not values:
+        return {"n": 0, "p50": None, "p99": None}
+    return {"n": len(values), "p50": percentile(values, 0.5), "p99": percentile(values, 0.99)}

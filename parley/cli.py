@@ -1,4 +1,5 @@
-"""``parley up | api | worker | migrate | tiny-model``."""
+"""``parley up | api | worker | flower | migrate | keys | voices | say | render |
+tiny-model``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from parley.keys import add_keys_parser, open_mode_refusal
+from parley.speak import add_client_parsers
+from parley.voices import add_voices_parser
+from shared.logs import configure_logging
 from shared.settings import Settings
 
 log = logging.getLogger("parley")
@@ -23,16 +28,27 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_open_mode(settings: Settings, args: argparse.Namespace) -> bool:
+    """Say why and return True when the API must not start open on its host."""
+    refusal = open_mode_refusal(settings, args.host or settings.host)
+    if refusal is not None:
+        print(f"parley: {refusal}", file=sys.stderr)
+    return refusal is not None
+
+
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
 
+    if refuse_open_mode(settings, args):
+        return 2
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through our handler (format, request id)
     )
     return 0
 
@@ -41,6 +57,18 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
     return run_worker(settings)
+
+
+def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
+    """Flower on the broker, with the workers' own key prefix and transport options; arguments
+    after ``flower`` go to Flower. It listens on 127.0.0.1 unless given ``--address``."""
+    from shared.queue import create_celery
+
+    extra = list(args.extra)
+    if not any(a.startswith("--address") for a in extra):
+        extra.append("--address=127.0.0.1")
+    code = create_celery(settings).start(["flower", *extra])
+    return int(code or 0)
 
 
 def cmd_tiny_model(_settings: Settings, args: argparse.Namespace) -> int:
@@ -56,6 +84,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from shared.redis_server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
+    if refuse_open_mode(settings, args):
+        return 2
     # uvicorn re-raises SIGTERM after its own shutdown; make that an exit through `finally`
     # below, so the workers and Redis started here stop with us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -100,7 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run one worker (loads the model once)").set_defaults(
         func=cmd_worker
     )
+    sub.add_parser(
+        "flower", help="run Celery's Flower monitor on the broker (Flower's options follow)"
+    ).set_defaults(func=cmd_flower)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    add_keys_parser(sub)
+    add_voices_parser(sub)
+    add_client_parsers(sub)
     tiny = sub.add_parser("tiny-model", help="build the tiny random CSM test checkpoint")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
@@ -109,11 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "flower":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
+    configure_logging(settings)
     code: int = args.func(settings, args)
     return code

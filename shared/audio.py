@@ -18,6 +18,11 @@ FRAME_MS = 80
 AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 PCM16_FULL_SCALE = 32768.0
 
+# Upload rates Parley reads: beyond the highest in common use, resampling (a header's 2**31 Hz)
+# costs seconds of CPU for a few samples.
+MIN_UPLOAD_RATE = 1_000
+MAX_UPLOAD_RATE = 384_000
+
 
 def decode_upload(data: bytes, *, max_duration_ms: int) -> np.ndarray:
     """Any container soundfile reads (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...) at any rate
@@ -25,8 +30,10 @@ def decode_upload(data: bytes, *, max_duration_ms: int) -> np.ndarray:
     if not data:
         raise InvalidInput("the audio upload is empty", code="invalid_audio")
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            duration_ms = 1000 * f.frames / f.samplerate if f.samplerate else 0
+        with sf.SoundFile(_UploadBytes(data)) as f:
+            rate = f.samplerate
+            _check_rate(rate)
+            duration_ms = 1000 * f.frames / rate
             if duration_ms > max_duration_ms:
                 raise InvalidInput(
                     f"the audio upload is {duration_ms:.0f} ms long; the limit is "
@@ -34,19 +41,41 @@ def decode_upload(data: bytes, *, max_duration_ms: int) -> np.ndarray:
                     code="audio_too_long",
                 )
             samples = f.read(dtype="float32", always_2d=True)
-            rate = f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
         raise InvalidInput(
-            f"the upload is not audio in a format Parley reads: {exc}", code="invalid_audio"
+            f"the upload is not audio in a format Parley reads: {reason}", code="invalid_audio"
         ) from exc
-    mono = samples.mean(axis=1)
-    if mono.size == 0:
+    if samples.size == 0:
         raise InvalidInput("the audio upload holds no samples", code="invalid_audio")
-    if not np.all(np.isfinite(mono)):
+    if not np.all(np.isfinite(samples)):
         raise InvalidInput("the audio upload holds non-finite samples", code="invalid_audio")
+    # summed in float64: float samples near float32's limit would overflow to inf
+    mono = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE)
     return np.clip(mono, -1.0, 1.0).astype(np.float32)
+
+
+class _UploadBytes(io.BytesIO):
+    """An upload as libsndfile's virtual file. A crafted header can make libsndfile seek before
+    the start: BytesIO raises there, inside soundfile's C callback, where the error is lost (an
+    "Exception ignored" on stderr, the seek read as position 0). Here the seek fails as lseek
+    does: it stays put, so libsndfile sees that it did not get where it asked."""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET and offset < 0:
+            return self.tell()
+        return super().seek(offset, whence)
+
+
+def _check_rate(rate: int) -> None:
+    if not MIN_UPLOAD_RATE <= rate <= MAX_UPLOAD_RATE:
+        raise InvalidInput(
+            f"the audio upload's sample rate is {rate} Hz; Parley reads "
+            f"{MIN_UPLOAD_RATE}-{MAX_UPLOAD_RATE} Hz",
+            code="unsupported_sample_rate",
+        )
 
 
 def to_pcm16(audio: np.ndarray) -> np.ndarray:
@@ -64,7 +93,8 @@ def pcm16_bytes(samples: np.ndarray) -> bytes:
 
 
 def encode(audio: np.ndarray, fmt: str) -> bytes:
-    """Mono 24 kHz samples → a wav or flac file (16-bit PCM).
+    """Mono 24 kHz samples → a wav or flac file (16-bit PCM). Every other format:
+    :mod:`shared.audio_formats`.
 
     int16 samples are written as they are; float samples go through :func:`to_pcm16` first.
     """
@@ -93,13 +123,6 @@ def decode_flac_pcm16(data: bytes) -> np.ndarray:
     if rate != SAMPLE_RATE:
         raise ValueError(f"stored audio is {rate} Hz, expected {SAMPLE_RATE}")
     return np.asarray(samples, dtype=np.int16)
-
-
-def transcode(flac: bytes, fmt: str) -> bytes:
-    """A stored turn's FLAC → the requested container, sample for sample."""
-    if fmt == "flac":
-        return flac
-    return encode(decode_flac_pcm16(flac), fmt)
 
 
 def wav_stream_header(*, sample_rate: int = SAMPLE_RATE) -> bytes:

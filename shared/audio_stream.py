@@ -2,10 +2,16 @@
 
 Entries, oldest first:
 
-- ``{"pcm": bytes}``: a chunk of audio (one Mimi frame, 80 ms), raw 16-bit little-endian mono
-  PCM at 24 kHz, exactly the samples the turn's stored audio will hold;
-- ``{"end": "succeeded" | "failed" | "cancelled"}``: the terminal entry, written once the job's
-  outcome is committed to SQL (readers stop at the first one).
+- ``{"pcm": bytes, "at": offset}``: a chunk of audio (one or more Mimi frames, 80 ms each), raw
+  16-bit little-endian mono PCM at 24 kHz, exactly the samples the turn's stored audio will hold
+  from byte ``at`` on;
+- ``{"end": "succeeded" | "failed" | "cancelled", "bytes": total}``: the terminal entry, written
+  once the job's outcome is committed to SQL (readers stop at the first one); ``bytes`` (when the
+  worker wrote it) is the stored audio's PCM length.
+
+If Redis loses entries (a restart without persistence mid-turn), a reader sees a chunk that does
+not start where the last one ended: it keeps what it had (a prefix of the stored audio), takes
+no more chunks, and its listener is completed from SQL once the turn is stored.
 
 The worker only appends (XADD, pipelined with its per-frame progress), so a slow or vanished
 listener can never hold it back. The stream is capped (MAXLEN of at least the most frames a turn
@@ -30,7 +36,9 @@ log = logging.getLogger(__name__)
 Outcome = Literal["succeeded", "failed", "cancelled"]
 
 PCM_FIELD = b"pcm"
+AT_FIELD = b"at"
 END_FIELD = b"end"
+BYTES_FIELD = b"bytes"
 LIVE_TTL_S = 3600  # refreshed by every chunk, so a stream outlives any turn being generated
 ENDED_TTL_S = 300  # long enough for listeners to drain; later ones get the stored audio
 MAXLEN_MARGIN = 16  # room for end entries (a cancel may write one beside the worker's)
@@ -49,23 +57,27 @@ class AudioStreamWriter:
         self.key = key
         self.maxlen = maxlen
 
-    def add_chunk(self, pipe: Pipeline, pcm: bytes) -> None:
-        """Queue one chunk of PCM on the caller's pipeline (executed with its other commands)."""
-        pipe.xadd(self.key, {PCM_FIELD: pcm}, maxlen=self.maxlen, approximate=True)
+    def add_chunk(self, pipe: Pipeline, pcm: bytes, *, at: int) -> None:
+        """Queue one chunk of PCM, starting at byte ``at`` of the turn's audio, on the caller's
+        pipeline (executed with its other commands)."""
+        pipe.xadd(self.key, {PCM_FIELD: pcm, AT_FIELD: at}, maxlen=self.maxlen, approximate=True)
         pipe.expire(self.key, LIVE_TTL_S)
 
-    def end(self, outcome: Outcome) -> None:
+    def end(self, outcome: Outcome, *, total_bytes: int | None = None) -> None:
         """Append the terminal entry; see :func:`end_stream`."""
-        end_stream(self._redis, self.key, outcome)
+        end_stream(self._redis, self.key, outcome, total_bytes=total_bytes)
 
 
-def end_stream(redis: Redis, key: str, outcome: Outcome) -> None:
+def end_stream(redis: Redis, key: str, outcome: Outcome, *, total_bytes: int | None = None) -> None:
     """Append the terminal entry (creating the stream when no chunk came) and let the stream
     expire ``ENDED_TTL_S`` later. Best effort: a Redis failure is logged, never raised, since
     SQL already holds the outcome and listeners re-check it."""
     try:
         pipe = redis.pipeline(transaction=False)
-        pipe.xadd(key, {END_FIELD: outcome.encode()})
+        fields: dict[bytes, bytes | int] = {END_FIELD: outcome.encode()}
+        if total_bytes is not None:
+            fields[BYTES_FIELD] = total_bytes
+        pipe.xadd(key, fields)  # type: ignore[arg-type]
         pipe.expire(key, ENDED_TTL_S)
         pipe.execute()
     except RedisError as exc:
@@ -75,10 +87,11 @@ def end_stream(redis: Redis, key: str, outcome: Outcome) -> None:
 @dataclass(frozen=True)
 class StreamRead:
     """What one read gave: the PCM of the chunks read (joined; may be empty), and the outcome
-    once the terminal entry has been reached."""
+    once the terminal entry has been reached, with the stored audio's length when known."""
 
     pcm: bytes
     end: str | None
+    total_bytes: int | None = None
 
 
 class AudioStreamReader:
@@ -91,6 +104,9 @@ class AudioStreamReader:
         self._count = count
         self._last_id: bytes | str = "0-0"
         self.end: str | None = None
+        self.total_bytes: int | None = None
+        self.position = 0  # bytes of contiguous audio read so far
+        self.gap = False  # entries were lost: no more chunks are taken
 
     async def read(self, *, block_ms: int) -> StreamRead:
         """The entries after the last one read, waiting up to ``block_ms`` for the first one.
@@ -99,7 +115,7 @@ class AudioStreamReader:
         After the terminal entry it returns that outcome at once, without reading further.
         """
         if self.end is not None:
-            return StreamRead(b"", self.end)
+            return StreamRead(b"", self.end, self.total_bytes)
         reply: Any = await self._redis.xread(
             {self.key: self._last_id}, count=self._count, block=block_ms
         )
@@ -108,9 +124,19 @@ class AudioStreamReader:
             self._last_id = entry_id
             if END_FIELD in fields:
                 self.end = bytes(fields[END_FIELD]).decode()
+                if BYTES_FIELD in fields:
+                    self.total_bytes = int(fields[BYTES_FIELD])
                 break
-            chunks.append(bytes(fields.get(PCM_FIELD, b"")))
-        return StreamRead(b"".join(chunks), self.end)
+            pcm = bytes(fields.get(PCM_FIELD, b""))
+            at = int(fields[AT_FIELD]) if AT_FIELD in fields else self.position
+            if self.gap or at != self.position:
+                if not self.gap:
+                    log.warning("%s: entries were lost at byte %d; taking no more", self.key, at)
+                self.gap = True
+                continue
+            chunks.append(pcm)
+            self.position += len(pcm)
+        return StreamRead(b"".join(chunks), self.end, self.total_bytes)
 
 
 def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

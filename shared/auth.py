@@ -2,28 +2,51 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+from collections.abc import Sequence
 
+from sqlalchemy.orm import Session
+
+from shared.api_keys import any_keys, find_key, hash_key
 from shared.errors import Unauthorized
-from shared.settings import Settings
 
 OPEN_OWNER = "open"
 
 
 def owner_of(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    return hash_key(key)
 
 
-def authenticate(settings: Settings, authorization: str | None) -> str:
-    """The owner for an ``Authorization`` header; the open owner when no keys are configured."""
-    keys = settings.api_key_list
-    if not keys:
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header; None when absent or malformed."""
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or " " in key:
+        return None
+    return key
+
+
+def authenticate(session: Session, authorization: str | None, *, env_keys: Sequence[str]) -> str:
+    """The owner for an ``Authorization`` header: the hash of a live key.
+
+    A key is live when its stored row is not revoked, or, with no row (not stored yet: the
+    database was away at start), when it is one of ``PARLEY_API_KEYS`` (``env_keys``). The
+    server is keyed when the store holds any key (revoked ones too: revoking every key never
+    opens it) or ``env_keys`` is not empty; not keyed, everyone is the open owner. One indexed
+    lookup per request, no cache: a revocation holds at once.
+    """
+    key = bearer_key(authorization)
+    row = find_key(session, key) if key is not None else None
+    if row is not None:
+        if row.revoked_at is not None:
+            raise Unauthorized("this API key has been revoked")
+        return row.key_hash
+    if key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in env_keys):
+        return hash_key(key)
+    if not env_keys and not any_keys(session):
         return OPEN_OWNER
-    if not authorization or not authorization.lower().startswith("bearer "):
+    if not authorization:
         raise Unauthorized("missing bearer key: send 'Authorization: Bearer <key>'")
-    presented = authorization[7:].strip()
-    for key in keys:
-        if hmac.compare_digest(presented.encode(), key.encode()):
-            return owner_of(key)
-    raise Unauthorized("unknown bearer key")
+    if key is None:
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+    raise Unauthorized("unknown API key")

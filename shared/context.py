@@ -9,16 +9,20 @@ Audio is never re-encoded: codes are stored once, when a turn enters or is gener
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.codes import codes_from_bytes, codes_to_bytes
 from shared.models import JobStatus, Turn, TurnMedia
+
+log = logging.getLogger(__name__)
 
 CONTEXT_TTL_S = 7 * 24 * 3600
 
@@ -71,19 +75,27 @@ class ContextStore:
         return f"{self.prefix}:ctx:{conversation_id}"
 
     def put(self, conversation_id: str, entry: ContextEntry, *, keep: int) -> None:
-        """Add a finished turn; keep only the ``keep`` newest entries."""
+        """Add a finished turn; keep only the ``keep`` newest entries. Best effort: the cache
+        is rebuilt from SQL on a miss, so a Redis failure is logged, never raised."""
         key = self.key(conversation_id)
-        pipe = self.redis.pipeline()
-        pipe.hset(key, _field(entry.index), entry.to_bytes())
-        pipe.expire(key, CONTEXT_TTL_S)
-        pipe.hkeys(key)
-        fields = pipe.execute()[-1]
-        stale = sorted(fields)[: max(0, len(fields) - max(keep, 1))]
-        if stale:
-            self.redis.hdel(key, *stale)
+        try:
+            pipe = self.redis.pipeline()
+            pipe.hset(key, _field(entry.index), entry.to_bytes())
+            pipe.expire(key, CONTEXT_TTL_S)
+            pipe.hkeys(key)
+            fields = pipe.execute()[-1]
+            stale = sorted(fields)[: max(0, len(fields) - max(keep, 1))]
+            if stale:
+                self.redis.hdel(key, *stale)
+        except RedisError as exc:
+            log.warning("context cache of %s not updated: %s", conversation_id, exc)
 
     def delete(self, conversation_id: str) -> None:
-        self.redis.delete(self.key(conversation_id))
+        """Drop the cached window (best effort: it expires by itself)."""
+        try:
+            self.redis.delete(self.key(conversation_id))
+        except RedisError as exc:
+            log.warning("context cache of %s not dropped: %s", conversation_id, exc)
 
     def cached_indices(self, conversation_id: str) -> list[int]:
         return sorted(int(f) for f in self.redis.hkeys(self.key(conversation_id)))
@@ -110,7 +122,11 @@ class ContextStore:
         if not rows:
             return []
         key = self.key(conversation_id)
-        cached: list[bytes | None] = self.redis.hmget(key, [_field(r[1]) for r in rows])  # type: ignore[assignment]
+        try:
+            cached: list[bytes | None] = self.redis.hmget(key, [_field(r[1]) for r in rows])  # type: ignore[assignment]
+        except RedisError as exc:  # Redis away: SQL holds every turn's codes
+            log.warning("context cache of %s unreadable (%s); using SQL", conversation_id, exc)
+            cached = [None] * len(rows)
         entries: dict[str, ContextEntry] = {}
         for (turn_id, _index, _speaker, _text), blob in zip(rows, cached, strict=True):
             if blob is not None:

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFound
-from shared.models import Conversation, Turn
+from shared.models import Conversation, Turn, is_id
 
 
 def create_conversation(
@@ -22,7 +22,7 @@ def create_conversation(
 
 def get_conversation(session: Session, *, owner: str, conversation_id: str) -> Conversation:
     """The caller's conversation; NotFound for a missing one and for another owner's."""
-    conversation = session.get(Conversation, conversation_id)
+    conversation = session.get(Conversation, conversation_id) if is_id(conversation_id) else None
     if conversation is None or conversation.owner != owner:
         raise NotFound(f"conversation {conversation_id} not found")
     return conversation

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
@@ -27,16 +30,37 @@ def make_engine(settings: Settings) -> Engine:
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, engine.url.database)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    """The database file's (device, inode), or None when it is missing or not a file."""
+    if not path or path == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def _configure_sqlite(engine: Engine, path: str | None) -> None:
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # A pooled connection holds the file it opened. If the path now names another file
+        # or none (removed, replaced, made unreadable), writing on would write into a file
+        # nobody reads: drop the connection, so the next one fails loudly (503) or finds the
+        # file back.
+        if record.info.get("file") != _file_identity(path):
+            raise DisconnectionError(f"the SQLite file {path} was removed or replaced")
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        record.info["file"] = _file_identity(path)
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")

@@ -9,7 +9,7 @@ posts and a finishing worker can never both dispatch.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFound
@@ -67,3 +67,46 @@ def claim_next(session: Session, conversation_id: str) -> str | None:
     job.dispatched = True
     session.flush()
     return job.id
+
+
+def release_claim(session: Session, *, conversation_id: str, job_id: str) -> None:
+    """Undo a claim whose enqueue failed (the broker was away): the job waits undispatched, and
+    the recovery pass (``shared.recovery``) claims and sends it again once the broker is back."""
+    try:
+        lock_conversation(session, conversation_id)
+    except NotFound:
+        return
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is not None and job.status == JobStatus.QUEUED:
+        job.dispatched = False
+    session.commit()
+
+
+def stalled_conversations(session: Session) -> list[str]:
+    """Conversations whose next job waits undispatched while none of theirs is in the broker or
+    running: only a failed enqueue (or a lost broker) leaves a conversation so."""
+    other = Job.__table__.alias("other")
+    busy = exists().where(
+        other.c.conversation_id == Job.conversation_id,
+        or_(
+            other.c.status == JobStatus.RUNNING,
+            and_(other.c.status == JobStatus.QUEUED, other.c.dispatched.is_(True)),
+        ),
+    )
+    return list(
+        session.scalars(
+            select(Job.conversation_id)
+            .where(Job.status == JobStatus.QUEUED, Job.dispatched.is_(False), ~busy)
+            .distinct()
+        )
+    )
+
+
+def dispatched_jobs(session: Session) -> list[tuple[str, str]]:
+    """(job id, conversation id) of every job that should be in the broker now."""
+    rows = session.execute(
+        select(Job.id, Job.conversation_id).where(
+            Job.status == JobStatus.QUEUED, Job.dispatched.is_(True)
+        )
+    ).all()
+    return [(r[0], r[1]) for r in rows]

@@ -41,9 +41,28 @@ class PayloadTooLarge(ParleyError):
     code = "payload_too_large"
 
 
+class TooManyRequests(ParleyError):
+    """Too much in flight, or too many requests: the caller may retry after ``retry_after_s``
+    (sent as ``Retry-After``)."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = max(1, retry_after_s)
+
+
 class Unavailable(ParleyError):
     status_code = 503
     code = "unavailable"
+
+
+class WaitTimeout(ParleyError):
+    """A request that answers with a turn waited longer for it than it may."""
+
+    status_code = 504
+    code = "timeout"
 
 
 class EngineError(ParleyError):

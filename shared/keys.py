@@ -24,9 +24,22 @@ class RedisKeys:
         (see ``shared.audio_stream``)."""
         return f"{self.prefix}:job:{job_id}:audio"
 
+    def rate_limit(self, owner: str) -> str:
+        """An owner's request count in the current rate-limit window (expires with it)."""
+        return f"{self.prefix}:ratelimit:{owner}"
+
     def worker(self, name: str) -> str:
         """A live worker's heartbeat (expires when the worker stops beating)."""
         return f"{self.prefix}:worker:{name}"
 
     def workers_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    def metrics(self, histogram: str) -> str:
+        """A histogram's totals over all workers (see ``shared.metrics``)."""
+        return f"{self.prefix}:metrics:{histogram}"
+
+    def epoch(self) -> str:
+        """A marker that lives as long as Redis keeps its data: when it is missing, Redis lost
+        everything (a restart without persistence), broker messages included."""
+        return f"{self.prefix}:epoch"

@@ -1,4 +1,18 @@
-"""Recovering turns whose worker vanished (killed, crashed, its machine gone).
+"""Recovery: SQL is the truth, and every accepted turn is spoken exactly once.
+
+Three things can leave an accepted turn stranded, and every live worker's pass after each
+heartbeat repairs all three:
+
+- **its worker vanished** (killed, crashed, its machine gone): see below;
+- **Redis lost its data** (restarted without persistence): the broker's messages are gone with
+  it. Redis keeps a marker key (``RedisKeys.epoch``); the pass that finds it missing sets it
+  again and re-sends every job SQL says is in the broker. A duplicate message is harmless: a
+  job starts only from ``queued`` under its conversation's lock, so the second copy is skipped;
+- **an enqueue failed** (the broker was away when the API or a worker sent a job): the claim
+  was released, so the conversation's next job waits undispatched with nothing of its
+  conversation in the broker or running. The pass claims and sends it.
+
+Running jobs whose worker vanished (or that their worker no longer holds):
 
 SQL says which jobs are running and on which worker; Redis says which workers are alive
 (heartbeats). A running job whose worker has been missing on two passes in a row is put back
@@ -21,10 +35,17 @@ from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.dispatch import claim_next, lock_conversation
+from shared.dispatch import (
+    claim_next,
+    dispatched_jobs,
+    lock_conversation,
+    stalled_conversations,
+)
 from shared.errors import NotFound
+from shared.jobs import forget_job_audio
 from shared.keys import RedisKeys
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, new_id
+from shared.queue import send_or_release
 from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
@@ -58,7 +79,8 @@ def requeue_orphan(session: Session, orphan: Orphan) -> tuple[bool, str | None]:
 
 
 class OrphanReconciler:
-    """Finds and requeues orphaned jobs; one per worker process, run after each heartbeat."""
+    """Finds and requeues orphaned jobs, re-sends what a lost broker dropped, and sends what a
+    failed enqueue left waiting; one per worker process, run after each heartbeat."""
 
     def __init__(
         self,
@@ -78,8 +100,59 @@ class OrphanReconciler:
         self._suspects: set[Orphan] = set()
 
     def run_once(self) -> list[str]:
-        """One pass; the ids of the jobs it requeued."""
-        live = {str(w.get("name")) for w in live_workers(self._redis, self._keys)}
+        """One pass; the ids of the running jobs it requeued (orphans)."""
+        self.resend_if_redis_lost()
+        requeued = self.requeue_orphans()
+        self.send_stalled()
+        return requeued
+
+    def resend_if_redis_lost(self) -> list[str]:
+        """When Redis lost its data (no epoch marker), re-send every job SQL has in the broker.
+        The ids re-sent; empty when Redis kept its data (or another worker got there first)."""
+        if not self._redis.set(self._keys.epoch(), new_id(), nx=True):
+            return []
+        with self._sessions() as session:
+            jobs = dispatched_jobs(session)
+        if jobs:
+            log.warning(
+                "Redis has no epoch marker (it lost its data, or this is its first use): "
+                "re-sending the %d jobs SQL says are queued in the broker",
+                len(jobs),
+            )
+        for job_id, conversation_id in jobs:
+            self._send(job_id, conversation_id)
+        return [job_id for job_id, _ in jobs]
+
+    def send_stalled(self) -> list[str]:
+        """Claim and send the next job of every conversation a failed enqueue left waiting."""
+        with self._sessions() as session:
+            stalled = stalled_conversations(session)
+        sent = []
+        for conversation_id in stalled:
+            with self._sessions() as session:
+                try:
+                    lock_conversation(session, conversation_id)
+                except NotFound:
+                    continue
+                job_id = claim_next(session, conversation_id)
+                session.commit()
+            if job_id is not None:
+                log.warning("job %s was waiting undispatched; sending it now", job_id)
+                if self._send(job_id, conversation_id):
+                    sent.append(job_id)
+        return sent
+
+    def _send(self, job_id: str, conversation_id: str) -> bool:
+        return send_or_release(
+            self._sessions, self._enqueue, job_id=job_id, conversation_id=conversation_id
+        )
+
+    def requeue_orphans(self) -> list[str]:
+        """Requeue running jobs whose worker has been missing on two passes in a row."""
+        workers = live_workers(self._redis, self._keys)
+        live = {str(w.get("name")) for w in workers}
+        # Who holds what, for heartbeats that list their jobs.
+        held = {str(w.get("name")): {str(j) for j in w["jobs"]} for w in workers if "jobs" in w}
         if self._me not in live:
             # Our own heartbeat is missing too: Redis was emptied or is flaky. Judge nobody.
             self._suspects.clear()
@@ -90,7 +163,11 @@ class OrphanReconciler:
                     Job.status == JobStatus.RUNNING
                 )
             ).all()
-        orphans = {Orphan(j, c, w) for j, c, w in rows if w not in live}
+        # A running job is orphaned when its worker is gone, or alive but no longer holding it
+        # (it gave up on the job during an outage). Heartbeats list held jobs before they run.
+        orphans = {
+            Orphan(j, c, w) for j, c, w in rows if w not in live or (w in held and j not in held[w])
+        }
         confirmed = orphans & self._suspects
         self._suspects = orphans - confirmed
         requeued = []
@@ -102,12 +179,10 @@ class OrphanReconciler:
             requeued.append(orphan.job_id)
             # The next attempt streams afresh; listeners of the lost one have ended (the
             # stream endpoint ends when a running job's worker stops beating).
-            self._redis.delete(
-                self._keys.job_audio(orphan.job_id), self._keys.job_frames(orphan.job_id)
-            )
+            forget_job_audio(self._redis, self._keys, orphan.job_id)
             log.warning(
                 "job %s: worker %s vanished; the turn is queued again", orphan.job_id, orphan.worker
             )
             if next_job_id is not None:
-                self._enqueue(next_job_id, orphan.conversation_id)
+                self._send(next_job_id, orphan.conversation_id)
         return requeued

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sesame/csm-1b"
+# Room for a multipart upload's boundaries and small fields around its audio file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The default request body limit is max_upload_bytes plus this.
+REQUEST_BYTES_MARGIN = 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -29,6 +34,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
+    # "text" for a person at a terminal; "json" (one object a line, with request and job ids as
+    # fields) for a log collector.
+    log_format: Literal["text", "json"] = "text"
+    # Celery task and worker events, for Flower's task and worker views; off, less broker traffic.
+    celery_events: bool = False
 
     # Limits.
     max_text_chars: int = Field(default=1000, ge=1)
@@ -39,10 +49,32 @@ class Settings(BaseSettings):
     default_context_turns: int = Field(default=10, ge=0)
     max_context_turns: int = Field(default=64, ge=0)
     max_speaker: int = Field(default=31, ge=0)
+    # Any request body; None: max_upload_bytes + 1 MiB (see ``request_bytes_limit``).
+    max_request_bytes: int | None = Field(default=None, ge=1)
+
+    # Quotas and backpressure.
+    max_conversations_per_key: int = Field(default=1000, ge=1)
+    # Jobs queued or running: of one key (all its conversations), and of the whole server.
+    max_queued_turns_per_key: int = Field(default=32, ge=1)
+    max_queued_turns: int = Field(default=1000, ge=1)
+    # Named voices one key may hold.
+    max_voices_per_key: int = Field(default=100, ge=1)
+    # Retry-After of a 429 for a full queue.
+    retry_after_s: int = Field(default=5, ge=1)
+    # Requests per key per minute on /v1; 0 turns the limiter off.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    # How long a request that answers with the turn itself (/v1/audio/speech, /v1/csm/generate)
+    # waits for it (queue and generation) before a 504.
+    sync_wait_s: float = Field(default=300.0, gt=0)
 
     # Worker.
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
     worker_torch_threads: int = Field(default=0, ge=0)  # 0: torch's own choice
+    # How long a worker waits out a database outage (keeping the turn in hand) before it gives up.
+    db_retry_s: float = Field(default=300.0, ge=0)
+    # A voice still encoding this long after it was sent to the workers is sent again (its task
+    # was lost: a worker killed mid-encode, Redis emptied, the broker away when it was made).
+    voice_resend_s: float = Field(default=60.0, gt=0)
     # Turns of different conversations one worker runs together, frame by frame.
     max_batch: int = Field(default=8, ge=1, le=256)
 
@@ -69,6 +101,24 @@ class Settings(BaseSettings):
                 f"({self.silence_tail_ms})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _request_bytes_hold_an_upload(self) -> Settings:
+        least = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        if self.max_request_bytes is not None and self.max_request_bytes < least:
+            raise ValueError(
+                f"max_request_bytes ({self.max_request_bytes}) must be at least "
+                f"max_upload_bytes + {MULTIPART_OVERHEAD_BYTES} ({least}), so that an upload "
+                "within max_upload_bytes fits in a request"
+            )
+        return self
+
+    @property
+    def request_bytes_limit(self) -> int:
+        """The largest request body the API reads (``max_request_bytes`` or its default)."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return self.max_upload_bytes + REQUEST_BYTES_MARGIN
 
     @property
     def api_key_list(self) -> list[str]:

@@ -8,11 +8,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFound
-from shared.models import Conversation, Job, JobKind, Turn, TurnMedia, TurnSource
+from shared.models import Conversation, Job, JobKind, Turn, TurnMedia, TurnSource, is_id
+from shared.voices import pin_bound_voice
 
 
 def _allocate_index(session: Session, *, owner: str, conversation_id: str) -> int:
     """Lock the conversation's row and take its next turn index."""
+    if not is_id(conversation_id):
+        raise NotFound(f"conversation {conversation_id} not found")
     index = session.scalar(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.owner == owner)
@@ -52,9 +55,11 @@ def create_generated_turn(
     speaker: int,
     text: str,
     params: dict[str, Any],
+    voice_id: str | None = None,
 ) -> Turn:
-    """A turn for CSM to speak, with its queued job."""
-    return _add_turn(
+    """A turn for CSM to speak, with its queued job, and its voice: ``voice_id`` (a voice the
+    request named), else the one its speaker is bound to."""
+    turn = _add_turn(
         session,
         owner=owner,
         conversation_id=conversation_id,
@@ -64,6 +69,8 @@ def create_generated_turn(
         source=TurnSource.GENERATED,
         params=params,
     )
+    pin_bound_voice(session, turn=turn, voice_id=voice_id)
+    return turn
 
 
 def create_provided_turn(
@@ -101,7 +108,7 @@ def list_turns(session: Session, *, conversation_id: str) -> list[Turn]:
 
 
 def get_turn(session: Session, *, conversation_id: str, turn_id: str) -> Turn:
-    turn = session.get(Turn, turn_id)
+    turn = session.get(Turn, turn_id) if is_id(turn_id) else None
     if turn is None or turn.conversation_id != conversation_id:
         raise NotFound(f"turn {turn_id} not found")
     return turn

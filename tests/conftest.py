@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.stack import Stack, database
+from tests.http_server import serve
+from tests.stack import Stack, database, running_stack
 
 DB_KINDS = ["sqlite", "postgresql"]
 
@@ -65,10 +66,12 @@ def stack(
 ) -> Iterator[Stack]:
     """One stack per database kind with one worker, shared by a module's tests."""
     tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
-    with database(request.param, tmp) as url:
-        s = Stack(db_url=url, tmp=tmp, model=str(tiny_model_dir), max_text_chars=5000)
-        try:
-            s.start_worker()
-            yield s
-        finally:
-            s.close()
+    with running_stack(request.param, tmp, tiny_model_dir, max_text_chars=5000) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def server(stack: Stack) -> Iterator[str]:
+    """The module's ``stack`` (its own fixture, or the one above) served over real HTTP."""
+    with serve(stack) as url:
+        yield url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,15 @@ def expected_codes(
     context_turns: list[dict[str, Any]],
     speaker: int,
     text: str,
+    *,
+    head: Sequence[Any] = (),
     **params: Any,
 ) -> np.ndarray:
-    """What the engine speaks for ``text`` with exactly ``context_turns`` (oldest first)."""
+    """What the engine speaks for ``text`` with exactly ``context_turns`` (oldest first), after
+    the ``ContextTurn``s of ``head`` (a bound voice's reference)."""
     from worker.engine.csm import ContextTurn, SamplingParams
 
-    context = [
+    context = [*head] + [
         ContextTurn(speaker=t["speaker"], text=t["text"], codes=served_codes(stack, cid, t["id"]))
         for t in context_turns
     ]

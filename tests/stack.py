@@ -3,6 +3,7 @@ key prefix of its own, the real API app, and real ``parley worker`` processes.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.app import create_app
 from shared.keys import RedisKeys
@@ -26,6 +28,10 @@ from shared.workers import live_workers
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 FINISHED = {"succeeded", "failed", "cancelled"}
+# A turn a test acts on while it runs (cancels it, kills its worker, watches it): 1875 frames,
+# near the model's 2048 positions. The tiny model makes a frame in a few ms, so a 375-frame
+# turn can end in about a second, before a slow (shared, busy) test process gets to act.
+RUNNING_MS = 150_000
 
 
 @contextmanager
@@ -58,12 +64,15 @@ class Stack:
             "PARLEY_MODEL": model,
             "PARLEY_WORKER_TORCH_THREADS": "1",
             "PARLEY_WORKER_HEARTBEAT_S": "1",
+            # Tests poll fast; the rate limiter is off unless a test sets a limit.
+            "PARLEY_RATE_LIMIT_PER_MINUTE": "0",
+            "PARLEY_MAX_AUDIO_LENGTH_MS": str(RUNNING_MS),
         }
         self.env.update({f"PARLEY_{k.upper()}": str(v) for k, v in settings.items()})
         self.settings = Settings(
             **{k.removeprefix("PARLEY_").lower(): v for k, v in self.env.items()}
         )
-        self.redis = Redis.from_url(REDIS_URL)
+        self.redis = Redis.from_url(self.settings.redis_url)
         self.keys = RedisKeys(self.settings.redis_prefix)
         self.app = create_app(self.settings)
         self.client = TestClient(self.app)
@@ -94,9 +103,11 @@ class Stack:
             time.sleep(0.1)
         raise TimeoutError(f"{count} workers did not come up:\n{self.worker_logs()}")
 
-    def worker_logs(self) -> str:
+    def worker_logs(self, tail: int | None = 4000) -> str:
+        """The workers' logs: the last ``tail`` characters of each (for failure messages), or
+        all of them with ``tail=None`` (for asserting on what was logged)."""
         return "\n".join(
-            p.read_text(errors="replace")[-4000:] for p in self.tmp.glob("worker-*.log")
+            p.read_text(errors="replace")[-(tail or 0) :] for p in self.tmp.glob("worker-*.log")
         )
 
     def stop_workers(self) -> None:
@@ -117,8 +128,10 @@ class Stack:
     def close(self) -> None:
         self.stop_workers()
         self.client.__exit__(None, None, None)
-        for key in self.redis.scan_iter(match=f"{self.settings.redis_prefix}:*", count=500):
-            self.redis.delete(key)
+        # A stack on a Redis that is not there (a test of that) has nothing to clean.
+        with contextlib.suppress(RedisConnectionError):
+            for key in self.redis.scan_iter(match=f"{self.settings.redis_prefix}:*", count=500):
+                self.redis.delete(key)
         self.redis.close()
 
     # --- API helpers -------------------------------------------------------------------
@@ -162,3 +175,22 @@ class Stack:
         r = self.client.get(f"/v1/conversations/{cid}/turns/{tid}/codes")
         assert r.status_code == 200, r.text
         return list(r.json()["codes"])
+
+
+@contextmanager
+def running_stack(
+    kind: str, tmp: Path, model: Path | str, *, key: str | None = None, **settings: Any
+) -> Iterator[Stack]:
+    """A fresh database of ``kind`` and a stack on it with one worker up; all gone afterwards.
+    With ``key``, the server is keyed with it alone and the stack's client sends it."""
+    if key is not None:
+        settings["api_keys"] = key
+    with database(kind, tmp) as url:
+        stack = Stack(db_url=url, tmp=tmp, model=str(model), **settings)
+        if key is not None:
+            stack.client.headers["Authorization"] = f"Bearer {key}"
+        try:
+            stack.start_worker()
+            yield stack
+        finally:
+            stack.close()

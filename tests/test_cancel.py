@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from tests.expected import expected_codes, served_codes
-from tests.stack import Stack
+from tests.stack import RUNNING_MS, Stack
 
 
 def _wait_running(stack: Stack, job_id: str, timeout: float = 60) -> dict[str, Any]:
@@ -25,7 +26,9 @@ def _wait_running(stack: Stack, job_id: str, timeout: float = 60) -> dict[str, A
 def test_cancel_queued_and_running(stack: Stack, engine: Any) -> None:
     cid = stack.conversation()
     first = stack.say(cid, 0, "A first turn that finishes.")
-    long = stack.say(cid, 1, "A long turn, cancelled while it runs.", max_audio_length_ms=30_000)
+    long = stack.say(
+        cid, 1, "A long turn, cancelled while it runs.", max_audio_length_ms=RUNNING_MS
+    )
     queued = stack.say(cid, 0, "A turn cancelled before it starts.")
     r = stack.client.delete(f"/v1/jobs/{queued['job_id']}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
@@ -51,3 +54,24 @@ def test_cancel_queued_and_running(stack: Stack, engine: Any) -> None:
     assert np.array_equal(served_codes(stack, cid, after["id"]), want)
     statuses = [t["status"] for t in stack.client.get(f"/v1/conversations/{cid}/turns").json()]
     assert statuses == ["succeeded", "cancelled", "cancelled", "succeeded"]
+
+
+def test_cancel_stops_within_one_frame_and_frees_the_worker(
+    make_stack: Callable[..., Stack],
+) -> None:
+    # One turn at a time: the other conversation's turn can only run once the worker is free.
+    stack = make_stack("sqlite", workers=1, max_batch=1)
+    long_cid, other_cid = stack.conversation(), stack.conversation()
+    long = stack.say(long_cid, 0, "A long turn, cancelled at once.", max_audio_length_ms=RUNNING_MS)
+    _wait_running(stack, long["job_id"])
+    waiting = stack.say(other_cid, 1, "Waiting for the worker.")
+    assert stack.client.get(f"/v1/jobs/{waiting['job_id']}").json()["status"] == "queued"
+
+    r = stack.client.delete(f"/v1/jobs/{long['job_id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # The cancel flag is set: from here the turn makes at most the frame in hand.
+    frames_key = stack.keys.job_frames(long["job_id"])
+    at_cancel = int(stack.redis.get(frames_key) or 0)
+    assert stack.wait_job(waiting["job_id"])["status"] == "succeeded"  # the worker was freed
+    final = int(stack.redis.get(frames_key) or 0)
+    assert 0 < at_cancel <= final <= at_cancel + 1 < 375, (at_cancel, final)

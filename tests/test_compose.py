@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,16 @@ def compose() -> str:
     return str(exe) if exe.exists() else str(shutil.which("docker-compose"))
 
 
-def compose_config(path: Path) -> subprocess.CompletedProcess[str]:
+def compose_config(path: Path, api_keys: str = "key-1") -> subprocess.CompletedProcess[str]:
     # This build of Compose exits 0 even when validation fails: judge by its output too.
+    env = {k: v for k, v in os.environ.items() if k != "PARLEY_API_KEYS"}
+    if api_keys:
+        env["PARLEY_API_KEYS"] = api_keys
     return subprocess.run(
-        [compose(), "-f", str(path), "config", "--format", "json"], capture_output=True, text=True
+        [compose(), "-f", str(path), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
 
 
@@ -35,6 +42,14 @@ def test_compose_config_is_valid_with_gpu_worker() -> None:
     assert services["api"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
     )
+    assert services["api"]["environment"]["PARLEY_API_KEYS"] == "key-1"
+
+
+def test_compose_requires_api_keys() -> None:
+    # The API binds 0.0.0.0 in its container, where it refuses to serve without keys.
+    out = compose_config(ROOT / "docker-compose.yml", api_keys="")
+    assert "required variable PARLEY_API_KEYS is missing a value" in out.stderr, out.stderr
+    assert not out.stdout.strip()
 
 
 def test_compose_rejects_a_misspelt_key(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from worker.engine.csm import ContextTurn, CsmEngine, SamplingParams
 from worker.engine.frame_loop import FrameLoop
+from worker.engine.hf import cache_keyword
 
 RNG = np.random.default_rng(5)
 CONTEXT = [
@@ -194,3 +195,19 @@ def test_a_removal_that_moves_a_fresh_row_forward_keeps_every_turn_exact(
     np.testing.assert_array_equal(np.array(got["t0"]), alone["t0"][:3])
     for key in ("t1", "t2", "t3"):
         np.testing.assert_array_equal(np.array(got[key]), alone[key], err_msg=key)
+
+
+def test_cache_keyword_follows_the_installed_signature() -> None:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns); 5.17,
+    on the GPU machines, knows only the old one. Both spellings, and neither."""
+
+    def new(x: int, cache: object = None) -> None: ...
+
+    def old(x: int, past_key_values: object = None) -> None: ...
+
+    def neither(x: int) -> None: ...
+
+    assert cache_keyword(new) == "cache"
+    assert cache_keyword(old) == "past_key_values"
+    with pytest.raises(TypeError, match="takes no KV cache"):
+        cache_keyword(neither)

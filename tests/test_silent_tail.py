@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from tests.expected import expected_codes, served_codes
+from tests.http_server import serve
 from tests.stack import Stack
-from tests.test_stream import full_stream, serve, stored
+from tests.test_stream import full_stream, stored
 from worker.silence import frame_dbfs
 
 THRESHOLD_DBFS = -1.0

@@ -1,12 +1,13 @@
-"""The worker's Celery app: the shared configuration plus the one task, bound to a runtime."""
+"""The worker's Celery app: the shared configuration plus its tasks, bound to a runtime."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from shared.queue import RUN_JOB_TASK, create_celery
+from shared.queue import ENCODE_VOICE_TASK, RUN_JOB_TASK, create_celery
 from worker.runtime import WorkerRuntime
 from worker.turn_runner import run_job
+from worker.voices import encode_voice
 
 
 def create_worker_app(rt: WorkerRuntime) -> Celery:
@@ -15,5 +16,9 @@ def create_worker_app(rt: WorkerRuntime) -> Celery:
     @app.task(name=RUN_JOB_TASK)
     def run_job_task(job_id: str, conversation_id: str | None = None) -> None:
         run_job(rt, job_id, conversation_id)
+
+    @app.task(name=ENCODE_VOICE_TASK)
+    def encode_voice_task(voice_id: str) -> None:
+        encode_voice(rt, voice_id)
 
     return app

@@ -1,5 +1,7 @@
-"""A background thread that tells Redis this worker is alive and which model it runs, and after
-each beat looks for turns whose worker vanished (``shared.recovery``)."""
+"""A background thread that tells Redis this worker is alive, which model it runs, which jobs it
+holds and how full its batch is; after each beat it sends the worker's metrics
+(``worker.metrics``), runs the recovery pass (``shared.recovery``) and re-sends voices whose
+encoding task was lost (``worker.voices``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from shared.queue import enqueue_job
 from shared.recovery import OrphanReconciler
 from shared.workers import beat, forget
 from worker.runtime import WorkerRuntime
+from worker.voices import resend_stale_voices
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ class Heartbeat:
         self.info = info
         self.period_s = rt.settings.worker_heartbeat_s
         self._stop = threading.Event()
+        self._beat_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="parley-heartbeat", daemon=True)
         self.reconciler = OrphanReconciler(
             sessions=rt.sessions,
@@ -34,31 +38,44 @@ class Heartbeat:
 
     def start(self) -> None:
         self._beat()
+        self.rt.held.on_change = self._beat  # a job held is announced before it runs
         self._thread.start()
 
     def _beat(self) -> None:
-        try:
-            beat(
-                self.rt.redis,
-                self.rt.keys,
-                name=self.rt.name,
-                info=self.info,
-                ttl_s=3 * self.period_s,
-            )
-        except RedisError as exc:
-            log.warning("heartbeat failed: %s", exc)
+        with self._beat_lock:  # task threads and the heartbeat thread both beat
+            try:
+                beat(
+                    self.rt.redis,
+                    self.rt.keys,
+                    name=self.rt.name,
+                    info={
+                        **self.info,
+                        "jobs": self.rt.held.snapshot(),
+                        "batch_rows": self.rt.engine.batcher.active,
+                    },
+                    ttl_s=3 * self.period_s,
+                )
+            except RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _flush_metrics(self) -> None:
+        batcher = self.rt.engine.batcher
+        self.rt.metrics.flush(self.rt.redis, self.rt.keys, batch_steps=batcher.steps_by_rows)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self._beat()
+            self._flush_metrics()
             try:
                 self.reconciler.run_once()
+                resend_stale_voices(self.rt)
             except Exception as exc:  # a database or Redis blip: try again next beat
                 log.warning("recovery pass failed: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.period_s + 1)
+        self._flush_metrics()
         try:
             forget(self.rt.redis, self.rt.keys, name=self.rt.name)
         except RedisError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,17 @@ from sqlalchemy.orm import Session
 from shared.codes import codes_to_bytes
 from shared.dispatch import claim_next, lock_conversation
 from shared.errors import NotFound
-from shared.models import Conversation, Job, JobStatus, Turn, TurnMedia, TurnSource, utcnow
+from shared.models import (
+    Conversation,
+    Job,
+    JobKind,
+    JobStatus,
+    Turn,
+    TurnMedia,
+    TurnSource,
+    TurnVoice,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,8 @@ class JobPlan:
     max_context_turns: int
     worker: str  # who runs it, and which attempt: a job taken over by recovery is not ours
     attempt: int
+    created_at: datetime  # when the API made the job (for latency metrics)
+    voice_id: str | None = None  # the voice pinned at the head of a generated turn's prompt
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,11 @@ def start_job(
     job.started_at = utcnow()
     job.attempts += 1
     job.worker, job.model, job.test_model = worker, model, test_model
+    voice_id = (
+        session.scalar(select(TurnVoice.voice_id).where(TurnVoice.turn_id == turn.id))
+        if job.kind == JobKind.GENERATE
+        else None
+    )
     plan = JobPlan(
         job_id=job.id,
         kind=job.kind,
@@ -99,6 +117,8 @@ def start_job(
         max_context_turns=conversation.max_context_turns,
         worker=worker,
         attempt=job.attempts,
+        created_at=job.created_at,
+        voice_id=voice_id,
     )
     session.commit()
     return Start(plan, None, conversation_id)

@@ -20,7 +20,16 @@ from worker.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 
+def route_library_logs() -> None:
+    """transformers has a stderr handler of its own; send its lines through ours instead."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+
+
 def run_worker(settings: Settings, *, name: str | None = None) -> int:
+    route_library_logs()
     if settings.worker_torch_threads:
         import torch
 
@@ -41,24 +50,27 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
             "test_model": engine.is_test_model,
             "device": engine.device,
             "pid": os.getpid(),
+            "max_batch": engine.batcher.max_batch,
         },
     )
     heartbeat.start()
     app = create_worker_app(rt)
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={settings.max_batch}",
+        f"--queues={settings.queue_name}",
+        f"--hostname={rt.name}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if not settings.celery_events:  # Flower shows a worker online from its event heartbeats
+        argv.append("--without-heartbeat")
+    if settings.log_format == "json":  # no banner (`celery --quiet worker`)
+        argv.insert(0, "--quiet")
     try:
-        app.worker_main(
-            [
-                "worker",
-                "--pool=threads",
-                f"--concurrency={settings.max_batch}",
-                f"--queues={settings.queue_name}",
-                f"--hostname={rt.name}",
-                f"--loglevel={settings.log_level}",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ]
-        )
+        app.worker_main(argv)
     finally:
         heartbeat.stop()
         rt.close()

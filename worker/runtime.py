@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 from celery import Celery
 from redis import Redis
@@ -17,13 +19,41 @@ from shared.db import make_engine, make_session_factory
 from shared.keys import RedisKeys
 from shared.queue import create_celery
 from shared.settings import Settings
+from worker.db_retry import retry_db
+from worker.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from worker.engine.csm import CsmEngine
 
+T = TypeVar("T")
+
 
 def worker_name() -> str:
     return f"parley-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+
+
+class HeldJobs:
+    """The jobs this worker holds now. Its heartbeat lists them, so recovery can tell a job
+    whose worker is alive but lost it (gave up during an outage) from one in progress."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self.on_change: Callable[[], None] = lambda: None
+
+    def add(self, job_id: str) -> None:
+        """Hold a job; the heartbeat says so at once (before the job is marked running)."""
+        with self._lock:
+            self._ids.add(job_id)
+        self.on_change()
+
+    def discard(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.discard(job_id)
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return sorted(self._ids)
 
 
 @dataclass
@@ -32,11 +62,14 @@ class WorkerRuntime:
     engine: CsmEngine
     db: Engine
     sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]  # read-only work: never takes SQLite's write lock
     redis: Redis
     context: ContextStore
     keys: RedisKeys
     celery: Celery
     name: str
+    held: HeldJobs = field(default_factory=HeldJobs)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
     @classmethod
     def create(
@@ -49,6 +82,7 @@ class WorkerRuntime:
             engine=engine,
             db=db,
             sessions=make_session_factory(db),
+            reads=make_session_factory(db, read_only=True),
             redis=redis,
             context=ContextStore(redis, settings.redis_prefix),
             keys=RedisKeys(settings.redis_prefix),
@@ -62,6 +96,20 @@ class WorkerRuntime:
         if self.engine.is_test_model:
             return f"{self.engine.model_name} (test model: random weights, audio is noise)"
         return self.engine.model_name
+
+    def in_sql(self, what: str, work: Callable[[Session], T], *, read_only: bool = False) -> T:
+        """``work(session)`` in a fresh session, committed afterwards (unless ``read_only``:
+        then one that never takes SQLite's write lock), waiting out a database outage with
+        what the worker holds in hand (``PARLEY_DB_RETRY_S``, see ``worker.db_retry``)."""
+
+        def attempt() -> T:
+            with (self.reads if read_only else self.sessions)() as session:
+                result = work(session)
+                if not read_only:
+                    session.commit()
+                return result
+
+        return retry_db(attempt, what=what, patience_s=self.settings.db_retry_s)
 
     def close(self) -> None:
         self.redis.close()

@@ -1,22 +1,24 @@
-"""/v1/conversations: create, get, delete."""
+"""/v1/conversations: create, get, change its speakers' voices, delete."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from sqlalchemy import select
+from collections.abc import Mapping
 
+from fastapi import APIRouter, Response
+
+from api.conversation_removal import remove_conversation
 from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import conversation_out
-from api.schemas import ConversationCreate, ConversationOut
+from api.schemas import ConversationCreate, ConversationOut, ConversationUpdate
 from shared.conversations import (
     count_turns,
     create_conversation,
-    delete_conversation,
     get_conversation,
 )
 from shared.errors import InvalidInput
-from shared.jobs import announce_cancel
-from shared.models import Job, JobStatus
+from shared.quotas import check_conversation_quota
+from shared.settings import Settings
+from shared.voices import bind_speakers, speaker_voices
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -41,35 +43,63 @@ def create(
         raise InvalidInput(
             f"metadata is larger than {MAX_METADATA_BYTES} bytes", code="metadata_too_large"
         )
+    speakers = _speakers(settings, body.speakers)
+    check_conversation_quota(session, settings, owner=owner)
     conversation = create_conversation(
         session, owner=owner, max_context_turns=turns, metadata=body.metadata
     )
+    if speakers:
+        bind_speakers(session, owner=owner, conversation_id=conversation.id, speakers=speakers)
+    bound = speaker_voices(session, conversation_id=conversation.id)
     session.commit()
-    return conversation_out(conversation, turn_count=0)
+    return conversation_out(conversation, turn_count=0, speakers=bound)
 
 
 @router.get("/{conversation_id}", response_model=ConversationOut)
 def get(session: ReadSessionDep, owner: OwnerDep, conversation_id: str) -> ConversationOut:
     conversation = get_conversation(session, owner=owner, conversation_id=conversation_id)
     return conversation_out(
-        conversation, turn_count=count_turns(session, conversation_id=conversation_id)
+        conversation,
+        turn_count=count_turns(session, conversation_id=conversation_id),
+        speakers=speaker_voices(session, conversation_id=conversation_id),
     )
 
 
-@router.delete("/{conversation_id}", status_code=204)
-def delete(state: StateDep, session: SessionDep, owner: OwnerDep, conversation_id: str) -> Response:
+@router.patch("/{conversation_id}", response_model=ConversationOut)
+def update(
+    state: StateDep,
+    session: SessionDep,
+    owner: OwnerDep,
+    conversation_id: str,
+    body: ConversationUpdate,
+) -> ConversationOut:
+    """Bind speakers to voices (``null`` unbinds); the change applies to turns posted after it."""
+    speakers = _speakers(state.settings, body.speakers)
     conversation = get_conversation(session, owner=owner, conversation_id=conversation_id)
-    jobs = session.execute(
-        select(Job.id, Job.status).where(Job.conversation_id == conversation_id)
-    ).all()
-    delete_conversation(session, conversation=conversation)
+    bind_speakers(session, owner=owner, conversation_id=conversation_id, speakers=speakers)
+    out = conversation_out(
+        conversation,
+        turn_count=count_turns(session, conversation_id=conversation_id),
+        speakers=speaker_voices(session, conversation_id=conversation_id),
+    )
     session.commit()
-    # Stop work in flight (its rows are gone; the worker discards what it made), end its
-    # listeners, and drop the hot context and the finished jobs' audio streams.
-    for job_id, status in jobs:
-        if status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            announce_cancel(state.redis, state.keys, job_id)
-        else:
-            state.redis.delete(state.keys.job_audio(job_id), state.keys.job_frames(job_id))
-    state.context.delete(conversation_id)
+    return out
+
+
+def _speakers(settings: Settings, raw: Mapping[str, str | None]) -> dict[int, str | None]:
+    """``{"0": "anna"}`` → ``{0: "anna"}``; 422 for a key that is not a speaker id."""
+    speakers: dict[int, str | None] = {}
+    for key, name in raw.items():
+        if not (key.isascii() and key.isdigit()) or int(key) > settings.max_speaker:
+            raise InvalidInput(
+                f"speakers: {key!r} is not a speaker id (0 to {settings.max_speaker})",
+                code="invalid_speaker",
+            )
+        speakers[int(key)] = name
+    return speakers
+
+
+@router.delete("/{conversation_id}", status_code=204)
+def delete(state: StateDep, owner: OwnerDep, conversation_id: str) -> Response:
+    remove_conversation(state, owner=owner, conversation_id=conversation_id)
     return Response(status_code=204)

@@ -1,6 +1,12 @@
-"""/healthz (the process lives) and /readyz (SQL, Redis and a worker answer)."""
+"""/healthz (the process lives) and /readyz (SQL, Redis and a worker answer).
+
+/readyz is 503 unless all three answer; its ``status`` says how bad: ``degraded`` while SQL
+answers (turns are accepted and kept; they wait for Redis or a worker), ``unavailable`` when
+the database is away."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -37,7 +43,17 @@ def readyz(state: StateDep) -> JSONResponse:
         checks["redis"] = f"unavailable: {type(exc).__name__}"
         checks["workers"] = "unknown (redis unavailable)"
     ready = checks["database"] == "ok" and checks["redis"] == "ok" and bool(workers)
+    status: Literal["ready", "degraded", "unavailable"] = (
+        "ready" if ready else "degraded" if checks["database"] == "ok" else "unavailable"
+    )
     model = workers[0].get("model") if workers else None
     test_model = any(w.get("test_model") for w in workers) if workers else None
-    body = ReadyOut(ready=ready, checks=checks, workers=workers, model=model, test_model=test_model)
+    body = ReadyOut(
+        ready=ready,
+        status=status,
+        checks=checks,
+        workers=workers,
+        model=model,
+        test_model=test_model,
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)

@@ -15,6 +15,9 @@ length (``format=wav``). The samples are exactly those of the turn's stored audi
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -24,13 +27,15 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from api.deps import OwnerDep, StateDep
 from api.state import ApiState
 from shared import audio
-from shared.audio_stream import AudioStreamReader
+from shared.audio_formats import MEDIA_TYPES
+from shared.audio_stream import AudioStreamReader, StreamRead
 from shared.conversations import get_conversation
 from shared.errors import Conflict, Unavailable
 from shared.models import Job, JobStatus, TurnSource
@@ -38,8 +43,9 @@ from shared.turns import get_media, get_turn
 
 router = APIRouter(prefix="/v1/conversations/{conversation_id}/turns", tags=["turns"])
 
+log = logging.getLogger(__name__)
+
 IDLE_CHECK_MS = 1000  # how long a quiet stream is waited on before SQL is asked again
-STREAM_MEDIA_TYPES = {"pcm": "audio/pcm", "wav": "audio/wav"}
 StreamFormat = Literal["pcm", "wav"]
 
 
@@ -68,7 +74,7 @@ def _turn_state(state: ApiState, *, owner: str, conversation_id: str, turn_id: s
         job = turn.job
         pcm = None
         if turn.source == TurnSource.PROVIDED or turn.status == JobStatus.SUCCEEDED:
-            pcm = _media_pcm(session, turn.id)
+            pcm = stored_pcm16(session, turn.id)
         return TurnState(
             job_id=job.id if job else None,
             status=job.status if job else turn.status,
@@ -77,7 +83,8 @@ def _turn_state(state: ApiState, *, owner: str, conversation_id: str, turn_id: s
         )
 
 
-def _media_pcm(session: Session, turn_id: str) -> bytes | None:
+def stored_pcm16(session: Session, turn_id: str) -> bytes | None:
+    """A turn's stored audio as 16-bit PCM bytes, or None when it has none."""
     media = get_media(session, turn_id=turn_id)
     if media is None or media.audio_flac is None:
         return None
@@ -86,7 +93,7 @@ def _media_pcm(session: Session, turn_id: str) -> bytes | None:
 
 def _stored_pcm(state: ApiState, turn_id: str) -> bytes | None:
     with state.reads() as session:
-        return _media_pcm(session, turn_id)
+        return stored_pcm16(session, turn_id)
 
 
 def _job_state(state: ApiState, job_id: str) -> JobState | None:
@@ -109,21 +116,22 @@ def _prefix(fmt: StreamFormat) -> bytes:
 
 
 def _stored_response(fmt: StreamFormat, pcm: bytes) -> Response:
-    return Response(_prefix(fmt) + pcm, media_type=STREAM_MEDIA_TYPES[fmt], headers=_headers())
+    return Response(_prefix(fmt) + pcm, media_type=MEDIA_TYPES[fmt], headers=_headers())
 
 
-def _no_audio(turn_id: str, turn: TurnState) -> Conflict | Unavailable:
-    """The error for a turn that ended (or stalled) before any audio."""
-    if turn.status == JobStatus.FAILED:
-        message = f"turn {turn_id} failed: {turn.error or 'no reason given'}"
+def no_audio_error(
+    turn_id: str, status: str, error: str | None, *, stalled: str = " before any audio"
+) -> Conflict | Unavailable:
+    """The error for a turn that ended (or stalled) with no audio to give."""
+    if status == JobStatus.FAILED:
+        message = f"turn {turn_id} failed: {error or 'no reason given'}"
         return Conflict(message, code="turn_failed")
-    if turn.status == JobStatus.CANCELLED:
+    if status == JobStatus.CANCELLED:
         return Conflict(f"turn {turn_id} was cancelled", code="turn_cancelled")
-    if turn.status == JobStatus.SUCCEEDED:
+    if status == JobStatus.SUCCEEDED:
         return Conflict(f"turn {turn_id} has no stored audio", code="no_audio")
     return Unavailable(
-        f"turn {turn_id} is {turn.status} but its worker stopped before any audio",
-        code="worker_lost",
+        f"turn {turn_id} is {status} but its worker stopped{stalled}", code="worker_lost"
     )
 
 
@@ -145,6 +153,7 @@ class LiveAudio:
         self._reader = AudioStreamReader(self._redis, state.keys.job_audio(job_id))
         self.sent_bytes = 0
         self.finished = False
+        self._judge_workers_at = 0.0  # a missing heartbeat means a dead worker from then on
 
     async def next(self) -> bytes:
         """The next PCM: what the stream holds, else (after a quiet second) b"" while the job
@@ -152,23 +161,46 @@ class LiveAudio:
         seeing its end (stream expired) is completed from the stored audio."""
         if self.finished:
             return b""
-        got = await self._reader.read(block_ms=IDLE_CHECK_MS)
+        try:
+            got = await self._reader.read(block_ms=IDLE_CHECK_MS)
+        except RedisError as exc:  # Redis away: the rest comes from SQL once the turn is stored
+            if not self._reader.gap:
+                log.warning("job %s: stream lost Redis (%s); rest from SQL", self._job_id, exc)
+            self._reader.gap = True
+            # A Redis that comes back empty lacks heartbeats until workers beat again.
+            self._judge_workers_at = time.monotonic() + 3 * self._state.settings.worker_heartbeat_s
+            await anyio.sleep(IDLE_CHECK_MS / 1000)
+            got = StreamRead(b"", None)
         if got.pcm or got.end is not None:
             self.finished = got.end is not None
             self.sent_bytes += len(got.pcm)
+            short = self._reader.gap or (got.total_bytes or 0) > self.sent_bytes
+            if got.end == JobStatus.SUCCEEDED and short:  # Redis lost part of the stream
+                return got.pcm + await self._stored_rest()
             return got.pcm
         job = await run_in_threadpool(_job_state, self._state, self._job_id)
         if job is None or JobStatus(job.status).finished:
             self.finished = True
             if job is None or job.status != JobStatus.SUCCEEDED:
                 return b""
-            stored = await run_in_threadpool(_stored_pcm, self._state, self._turn_id)
-            rest = (stored or b"")[self.sent_bytes :]
-            self.sent_bytes += len(rest)
-            return rest
-        if job.status == JobStatus.RUNNING and job.worker is not None:
-            self.finished = not await self._redis.exists(self._state.keys.worker(job.worker))
+            return await self._stored_rest()
+        if (
+            job.status == JobStatus.RUNNING
+            and job.worker is not None
+            and time.monotonic() >= self._judge_workers_at
+        ):
+            with contextlib.suppress(RedisError):  # unknown while Redis is away: keep waiting
+                self.finished = not await self._redis.exists(self._state.keys.worker(job.worker))
+        elif job.status == JobStatus.QUEUED and self.sent_bytes:
+            self.finished = True  # requeued after its worker died: this attempt's audio ended
         return b""
+
+    async def _stored_rest(self) -> bytes:
+        """The stored audio after what this listener got (always a prefix of it)."""
+        stored = await run_in_threadpool(_stored_pcm, self._state, self._turn_id)
+        rest = (stored or b"")[self.sent_bytes :]
+        self.sent_bytes += len(rest)
+        return rest
 
     async def body(self, first: bytes, prefix: bytes) -> AsyncIterator[bytes]:
         """The response body: ``prefix`` and the first audio, then the rest as it comes."""
@@ -209,7 +241,7 @@ async def stream_audio(
     if turn.pcm is not None:
         return _stored_response(format, turn.pcm)
     if turn.job_id is None or JobStatus(turn.status).finished:
-        raise _no_audio(turn_id, turn)
+        raise no_audio_error(turn_id, turn.status, turn.error)
     live = LiveAudio(state, job_id=turn.job_id, turn_id=turn_id)
     try:
         first = b""
@@ -228,10 +260,10 @@ async def stream_audio(
         )
         if turn.pcm is not None:
             return _stored_response(format, turn.pcm)
-        raise _no_audio(turn_id, turn)
+        raise no_audio_error(turn_id, turn.status, turn.error)
     return StreamingResponse(
         live.body(first, _prefix(format)),
-        media_type=STREAM_MEDIA_TYPES[format],
+        media_type=MEDIA_TYPES[format],
         headers=_headers(),
         background=BackgroundTask(live.close),  # also when the body never started
     )

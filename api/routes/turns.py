@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 
 from api.deps import OwnerDep, ReadSessionDep, StateDep
 from api.presenters import turn_out
 from api.schemas import CodesOut, TurnCreate, TurnOut
 from api.turn_intake import parse_generated, store_generated, store_provided
-from shared import audio
+from api.uploads import audio_form, speaker_field
+from shared.audio_formats import EXTENSIONS, MEDIA_TYPES, AudioFormat, transcode
 from shared.codes import codes_from_bytes
 from shared.conversations import get_conversation
 from shared.errors import Conflict, InvalidInput, PayloadTooLarge
@@ -88,24 +88,10 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 async def _provided(request: Request, state: StateDep, owner: str, conversation_id: str) -> Turn:
     limit = state.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLarge(
-            f"upload is {declared} bytes; the limit is {limit} (max_upload_bytes)",
-            code="upload_too_large",
-        )
-    async with request.form(max_files=1, max_fields=8, max_part_size=limit + 1) as form:
-        upload = form.get("audio")
-        if not isinstance(upload, UploadFile):
-            raise InvalidInput("multipart turn needs a file field 'audio'", code="missing_audio")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(
-                f"upload is larger than {limit} bytes (max_upload_bytes)", code="upload_too_large"
-            )
+    missing = "multipart turn needs a file field 'audio'"
+    async with audio_form(request, limit=limit, missing=missing) as (form, data):
         speaker_raw, text = form.get("speaker"), form.get("text")
-    if not isinstance(speaker_raw, str) or not speaker_raw.strip().lstrip("-").isdigit():
-        raise InvalidInput("multipart field 'speaker' must be an integer", code="invalid_speaker")
+    speaker = speaker_field(speaker_raw)
     if not isinstance(text, str):
         raise InvalidInput("multipart field 'text' is required", code="empty_text")
     return await run_in_threadpool(
@@ -113,7 +99,7 @@ async def _provided(request: Request, state: StateDep, owner: str, conversation_
         state,
         owner=owner,
         conversation_id=conversation_id,
-        speaker=int(speaker_raw),
+        speaker=speaker,
         text=text,
         data=data,
     )
@@ -134,14 +120,15 @@ def get(session: ReadSessionDep, owner: OwnerDep, conversation_id: str, turn_id:
 @router.get(
     "/{turn_id}/audio",
     response_class=Response,
-    responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}},
+    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}},
+    summary="A turn's audio: wav, flac, mp3, opus (Ogg), aac (ADTS) or pcm (s16le), 24 kHz mono",
 )
 def get_audio(
     session: ReadSessionDep,
     owner: OwnerDep,
     conversation_id: str,
     turn_id: str,
-    format: Literal["wav", "flac"] = Query(default="wav"),  # noqa: A002
+    format: Annotated[AudioFormat, Query()] = "wav",  # noqa: A002
 ) -> Response:
     get_conversation(session, owner=owner, conversation_id=conversation_id)
     turn = get_turn(session, conversation_id=conversation_id, turn_id=turn_id)
@@ -149,9 +136,9 @@ def get_audio(
     if media is None or media.audio_flac is None:
         raise Conflict(f"turn {turn_id} has no audio yet (status {turn.status})", code="no_audio")
     return Response(
-        audio.transcode(media.audio_flac, format),
-        media_type=audio.AUDIO_MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'inline; filename="{turn_id}.{format}"'},
+        transcode(media.audio_flac, format),
+        media_type=MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'inline; filename="{turn_id}.{EXTENSIONS[format]}"'},
     )
 
 

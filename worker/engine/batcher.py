@@ -67,11 +67,18 @@ class Batcher:
         self._waiting: deque[TurnHandle] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        # steps_by_rows[n]: frame-loop steps run with n rows, since start (read for metrics).
+        self.steps_by_rows = [0] * (loop.max_batch + 1)
 
     @property
     def active(self) -> int:
         """Turns in the batch right now."""
         return len(self._loop.rows)
+
+    @property
+    def max_batch(self) -> int:
+        """Turns the batch can hold."""
+        return self._loop.max_batch
 
     def submit(self, inputs_embeds: torch.Tensor, params: SamplingParams) -> TurnHandle:
         """Queue a turn; it joins the batch at the next frame boundary with a free slot."""
@@ -102,6 +109,7 @@ class Batcher:
                 self._admit(handle)
             if not loop.rows:
                 continue
+            self.steps_by_rows[len(loop.rows)] += 1
             try:
                 results = loop.step()
             except Exception as exc:  # fail every turn in the batch, keep the thread alive

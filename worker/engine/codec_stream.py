@@ -40,6 +40,7 @@ from transformers.models.mimi.modeling_mimi import (
 )
 
 from shared.errors import EngineError
+from worker.engine.hf import cache_keyword
 from worker.engine.types import bad_input
 
 __all__ = ["StreamingDecoder"]
@@ -148,6 +149,7 @@ class StreamingDecoder:
         # older transformers derive the cache position from the cache unless given one
         params = inspect.signature(self._transformer.forward).parameters
         self._pass_cache_position = "cache_position" in params
+        self._cache_keyword = cache_keyword(self._transformer.forward)
 
     def push(self, codes: np.ndarray) -> np.ndarray:
         """Decode ``k >= 1`` new frames of codes, shape ``(k, num_codebooks)`` int64.
@@ -207,10 +209,11 @@ class StreamingDecoder:
         """Run the decoder transformer on new latent steps ``(1, C, n)`` with the KV cache."""
         steps = hidden.shape[-1]
         positions = torch.arange(self._positions, self._positions + steps, device=hidden.device)
-        extra = {"cache_position": positions} if self._pass_cache_position else {}
+        extra: dict[str, Any] = {self._cache_keyword: self._cache}
+        if self._pass_cache_position:
+            extra["cache_position"] = positions
         out = self._transformer(
             hidden.transpose(1, 2),
-            past_key_values=self._cache,
             use_cache=True,
             position_ids=positions[None],
             **extra,

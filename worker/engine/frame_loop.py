@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import CsmForConditionalGeneration
 
-from worker.engine.hf import config_int
+from worker.engine.hf import cache_keyword, config_int
 from worker.engine.types import SamplingParams
 
 
@@ -142,6 +142,8 @@ class FrameLoop:
         self._backbone: Any = model.backbone_model
         self._depth_model: Any = depth.model
         self._depth_head = depth.codebooks_head.weight  # (n_q - 1, hidden, vocab)
+        # backbone and depth decoder share one layer class, so one keyword serves both
+        self._cache_keyword = cache_keyword(self._backbone.layers[0].forward)
         self.max_batch = max_batch
         self.num_codebooks = config_int(config.num_codebooks, "num_codebooks")
         self.max_positions = config_int(config.max_position_embeddings, "max_position_embeddings")
@@ -330,12 +332,17 @@ class FrameLoop:
             codes.append(self._pick(logits, p, temperature, top_k, greedy, noise, depth_suppress))
         return torch.stack(codes, dim=1)
 
-    @staticmethod
     def _layers(
-        stack: Any, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: Any, cache: Any
+        self,
+        stack: Any,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: Any,
+        cache: Any,
     ) -> torch.Tensor:
+        kwargs = {self._cache_keyword: cache}
         for layer in stack.layers:
-            x = layer(x, attention_mask=mask, position_embeddings=rope, past_key_values=cache)
+            x = layer(x, attention_mask=mask, position_embeddings=rope, **kwargs)
         return stack.norm(x)
 
     # ------------------------------------------------------------------ sampling
