@@ -86,13 +86,17 @@ class OrphanReconciler:
         self,
         *,
         sessions: sessionmaker[Session],
+        reads: sessionmaker[Session] | None = None,
         redis: Redis,
         keys: RedisKeys,
         me: str,
         enqueue: Callable[[str, str], None],
     ) -> None:
-        """``me`` is this worker's name; ``enqueue(job_id, conversation_id)`` sends a job."""
+        """``me`` is this worker's name; ``enqueue(job_id, conversation_id)`` sends a job.
+        ``reads`` (default ``sessions``) serves the pass's look-ups; on SQLite a read-only
+        factory keeps them from waiting for the write lock."""
         self._sessions = sessions
+        self._reads = reads or sessions
         self._redis = redis
         self._keys = keys
         self._me = me
@@ -111,7 +115,7 @@ class OrphanReconciler:
         The ids re-sent; empty when Redis kept its data (or another worker got there first)."""
         if not self._redis.set(self._keys.epoch(), new_id(), nx=True):
             return []
-        with self._sessions() as session:
+        with self._reads() as session:
             jobs = dispatched_jobs(session)
         if jobs:
             log.warning(
@@ -125,7 +129,7 @@ class OrphanReconciler:
 
     def send_stalled(self) -> list[str]:
         """Claim and send the next job of every conversation a failed enqueue left waiting."""
-        with self._sessions() as session:
+        with self._reads() as session:
             stalled = stalled_conversations(session)
         sent = []
         for conversation_id in stalled:
@@ -149,6 +153,14 @@ class OrphanReconciler:
 
     def requeue_orphans(self) -> list[str]:
         """Requeue running jobs whose worker has been missing on two passes in a row."""
+        # SQL first, then Redis: a job that started after this read is not judged, and the
+        # worker of every job read here was announced (heartbeat) before its job ran.
+        with self._reads() as session:
+            rows = session.execute(
+                select(Job.id, Job.conversation_id, Job.worker).where(
+                    Job.status == JobStatus.RUNNING
+                )
+            ).all()
         workers = live_workers(self._redis, self._keys)
         live = {str(w.get("name")) for w in workers}
         # Who holds what, for heartbeats that list their jobs.
@@ -157,12 +169,6 @@ class OrphanReconciler:
             # Our own heartbeat is missing too: Redis was emptied or is flaky. Judge nobody.
             self._suspects.clear()
             return []
-        with self._sessions() as session:
-            rows = session.execute(
-                select(Job.id, Job.conversation_id, Job.worker).where(
-                    Job.status == JobStatus.RUNNING
-                )
-            ).all()
         # A running job is orphaned when its worker is gone, or alive but no longer holding it
         # (it gave up on the job during an outage). Heartbeats list held jobs before they run.
         orphans = {

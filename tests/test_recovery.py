@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -24,11 +25,23 @@ from shared.settings import Settings
 from shared.turns import create_generated_turn
 from shared.workers import beat, live_workers
 from tests.expected import expected_codes, served_codes
-from tests.stack import Stack, database
+from tests.stack import RUNNING_MS, Stack, database
 from worker.job_state import JobPlan, start_job, succeed_job
 
 TEXT = "A long turn whose worker is killed half way."
 PARAMS = {"max_audio_length_ms": 30_000, "temperature": 0}
+
+
+def wait_under_way(stack: Stack, job_id: str) -> dict[str, Any]:
+    """The job, once it is running and has made a few frames."""
+    deadline = time.monotonic() + 60
+    while True:
+        job: dict[str, Any] = stack.client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"].get("frames", 0) >= 5:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("db_kind", ["sqlite", "postgresql"])
@@ -38,14 +51,7 @@ def test_a_killed_worker_s_turn_is_spoken_again_and_stored_once(
     stack = make_stack(db_kind, workers=2)
     cid = stack.conversation()
     turn = stack.say(cid, 0, TEXT, **PARAMS)
-    deadline = time.monotonic() + 60
-    while True:  # until the turn is well under way
-        job = stack.client.get(f"/v1/jobs/{turn['job_id']}").json()
-        if job["status"] == "running" and job["progress"].get("frames", 0) >= 5:
-            break
-        assert job["status"] in ("queued", "running"), job
-        assert time.monotonic() < deadline, job
-        time.sleep(0.02)
+    job = wait_under_way(stack, turn["job_id"])
     first_worker = job["worker"]
     pids = {w["name"]: w["pid"] for w in live_workers(stack.redis, stack.keys)}
     os.kill(pids[first_worker], signal.SIGKILL)
@@ -71,6 +77,36 @@ def test_a_killed_worker_s_turn_is_spoken_again_and_stored_once(
     turns = stack.client.get(f"/v1/conversations/{cid}/turns").json()
     assert [t["index"] for t in turns] == [0, 1]  # one row per turn: nothing stored twice
     assert "vanished; the turn is queued again" in stack.worker_logs(tail=None)
+
+
+def test_a_worker_behind_the_sqlite_write_lock_is_not_taken_for_dead(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Its heartbeat touches Redis only: however long the database keeps a worker waiting, the
+    worker stays alive to the others, and its turn is spoken once."""
+    stack = make_stack("sqlite", workers=2)
+    cid = stack.conversation()
+    turn = stack.say(cid, 0, TEXT, max_audio_length_ms=RUNNING_MS, temperature=0)
+    wait_under_way(stack, turn["job_id"])
+    names = {w["name"] for w in live_workers(stack.redis, stack.keys)}
+    assert len(names) == 2
+    # Another writer holds SQLite's write lock longer than a heartbeat key lives (3 s), plus
+    # two recovery passes: every read-write transaction of the workers waits behind it.
+    path = stack.settings.database_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, timeout=30, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            alive = {w["name"] for w in live_workers(stack.redis, stack.keys)}
+            assert alive == names, f"{names - alive} taken for dead while SQLite was locked"
+            time.sleep(0.1)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    done = stack.wait_job(turn["job_id"], timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    assert "vanished" not in stack.worker_logs(tail=None)
 
 
 def test_only_the_current_attempt_can_store_the_turn(tmp_path: Path) -> None:

@@ -1,7 +1,13 @@
-"""A background thread that tells Redis this worker is alive, which model it runs, which jobs it
-holds and how full its batch is; after each beat it sends the worker's metrics
-(``worker.metrics``), runs the recovery pass (``shared.recovery``) and re-sends voices whose
-encoding task was lost (``worker.voices``)."""
+"""Two background threads of a worker.
+
+- ``parley-heartbeat`` tells Redis, once a period, that this worker is alive, which model it
+  runs, which jobs it holds and how full its batch is, and sends the worker's metrics
+  (``worker.metrics``). It touches Redis only, so nothing the database does can delay a beat: a
+  worker busy behind SQLite's write lock or a slow PostgreSQL is never taken for dead, and its
+  turns are never spoken twice for that.
+- ``parley-recovery`` runs, once a period, the recovery pass (``shared.recovery``) and re-sends
+  voices whose encoding task was lost (``worker.voices``). These may wait on the database.
+"""
 
 from __future__ import annotations
 
@@ -27,9 +33,13 @@ class Heartbeat:
         self.period_s = rt.settings.worker_heartbeat_s
         self._stop = threading.Event()
         self._beat_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="parley-heartbeat", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._beat_loop, name="parley-heartbeat", daemon=True),
+            threading.Thread(target=self._recovery_loop, name="parley-recovery", daemon=True),
+        ]
         self.reconciler = OrphanReconciler(
             sessions=rt.sessions,
+            reads=rt.reads,
             redis=rt.redis,
             keys=rt.keys,
             me=rt.name,
@@ -39,7 +49,8 @@ class Heartbeat:
     def start(self) -> None:
         self._beat()
         self.rt.held.on_change = self._beat  # a job held is announced before it runs
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def _beat(self) -> None:
         with self._beat_lock:  # task threads and the heartbeat thread both beat
@@ -62,10 +73,13 @@ class Heartbeat:
         batcher = self.rt.engine.batcher
         self.rt.metrics.flush(self.rt.redis, self.rt.keys, batch_steps=batcher.steps_by_rows)
 
-    def _run(self) -> None:
+    def _beat_loop(self) -> None:
         while not self._stop.wait(self.period_s):
             self._beat()
             self._flush_metrics()
+
+    def _recovery_loop(self) -> None:
+        while not self._stop.wait(self.period_s):
             try:
                 self.reconciler.run_once()
                 resend_stale_voices(self.rt)
@@ -74,7 +88,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.period_s + 1)
+        for thread in self._threads:
+            thread.join(timeout=self.period_s + 1)
         self._flush_metrics()
         try:
             forget(self.rt.redis, self.rt.keys, name=self.rt.name)
