@@ -50,9 +50,10 @@ def media_type(fmt: str) -> str:
 
 
 def audio_headers(fmt: str) -> dict[str, str]:
-    """Raw PCM says its own layout (as ``…/stream`` does)."""
+    """Raw PCM says its own layout in headers; so does WAV, whose streamed header is the same
+    for every length."""
     headers = {"Cache-Control": "no-store"}
-    if fmt == "pcm":
+    if fmt in ("pcm", "wav"):
         headers.update(
             {"X-Sample-Rate": str(audio.SAMPLE_RATE), "X-Channels": "1", "X-Sample-Format": "s16le"}
         )

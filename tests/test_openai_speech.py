@@ -10,14 +10,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import openai
 import pytest
@@ -26,9 +24,9 @@ from openai import OpenAI
 from sqlalchemy import func, select
 
 from shared.audio import FRAME_SAMPLES, SAMPLE_RATE
-from shared.audio_codecs import AAC_FRAME, AAC_PRIMING, MP3_DELAY, MP3_GRANULE
 from shared.audio_tempo import stretch
 from shared.models import Conversation, Job, JobStatus
+from tests.decoding import assert_length, decoded_length
 from tests.expected import expected_codes, served_codes
 from tests.http_server import serve
 from tests.stack import RUNNING_MS, Stack, running_stack
@@ -89,34 +87,6 @@ def stored_pcm(stack: Stack, turn: dict[str, Any]) -> bytes:
     samples, rate = sf.read(io.BytesIO(r.content), dtype="int16")
     assert rate == SAMPLE_RATE
     return np.asarray(samples, dtype="<i2").tobytes()
-
-
-def decoded_length(data: bytes, fmt: str, *, streamed: bool = False) -> int:
-    """Samples at 24 kHz, as a standard decoder gives them: soundfile (libsndfile) where it
-    reads the format, else PyAV (FFmpeg): AAC (ADTS), and a streamed FLAC (whose STREAMINFO
-    has no total length, which libsndfile needs)."""
-    if fmt == "pcm":
-        assert len(data) % 2 == 0
-        return len(data) // 2
-    if fmt != "aac" and not (fmt == "flac" and streamed):
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            assert (f.samplerate, f.channels) == (SAMPLE_RATE, 1)
-            return len(f.read(dtype="int16"))
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        assert (stream.rate, stream.channels) == (SAMPLE_RATE, 1)
-        return sum(frame.samples for frame in container.decode(stream))
-
-
-def assert_length(data: bytes, fmt: str, n: int, *, streamed: bool) -> None:
-    """``n`` samples, or what the codec adds (see ``shared.audio_codecs``)."""
-    got = decoded_length(data, fmt, streamed=streamed)
-    if fmt == "aac":  # 1024 samples of priming, padded to whole 1024-sample frames
-        assert got == math.ceil((n + AAC_PRIMING) / AAC_FRAME) * AAC_FRAME, (got, n)
-    elif fmt == "mp3" and streamed:  # no gapless tag: LAME's delay, padded to a granule
-        assert got == math.ceil((n + MP3_DELAY) / MP3_GRANULE) * MP3_GRANULE, (got, n)
-    else:
-        assert got == n, (fmt, got, n)
 
 
 def sse_events(lines: Iterator[str]) -> list[dict[str, Any]]:

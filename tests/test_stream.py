@@ -1,7 +1,8 @@
 """Streaming a turn's audio while it is generated, over real HTTP (uvicorn), with real workers,
 on SQLite and PostgreSQL: opened before the job starts, while it runs and after it ends, the
-stream carries exactly the stored audio's samples; listeners that leave disturb nothing; turns
-that fail or are cancelled end their streams promptly."""
+stream carries exactly the stored audio's samples in pcm, wav and flac, and their encoding at
+its length in mp3, opus and aac; listeners that leave disturb nothing; turns that fail or are
+cancelled end their streams promptly."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import numpy as np
 import soundfile as sf
 
 from shared.audio import FRAME_SAMPLES, SAMPLE_RATE
+from shared.audio_formats import AUDIO_FORMATS, MEDIA_TYPES
+from tests.decoding import assert_length, decoded
 from tests.expected import expected_codes, served_codes
 from tests.http_server import serve
 from tests.sounds import audio_file, chirp
@@ -93,6 +96,20 @@ def pcm_of(listener: Listener) -> np.ndarray:
     return np.frombuffer(body, dtype="<i2")
 
 
+def assert_heard(listener: Listener, want: np.ndarray, *, streamed: bool = False) -> None:
+    """A finished stream of any format: pcm, wav and flac carry exactly ``want``; mp3, opus
+    and aac decode to its length (with their codec's padding)."""
+    if listener.fmt in ("pcm", "wav"):
+        assert np.array_equal(pcm_of(listener), want), listener.fmt
+        return
+    assert listener.status == 200, bytes(listener.body[:500])
+    assert listener.headers["content-type"] == MEDIA_TYPES[listener.fmt]
+    body = bytes(listener.body)
+    assert_length(body, listener.fmt, len(want), streamed=streamed)
+    if listener.fmt == "flac":  # lossless
+        assert np.array_equal(decoded(body, "flac", streamed=streamed), want)
+
+
 def strip_wav_header(data: bytes) -> bytes:
     """Check the 44-byte open-length WAV header (24 kHz, mono, 16-bit); return the PCM after it."""
     (riff, riff_size, wave, fmt_id, fmt_size, codec, channels, rate, byte_rate, align, bits) = (
@@ -142,7 +159,7 @@ def test_stream_opened_before_the_job_starts(stack: Stack, server: str) -> None:
     second = stack.say(cid, 1, "The turn we listen to before it starts.", max_audio_length_ms=1600)
     wait_for(lambda: job(stack, first["job_id"])["status"] == "running", what="first running")
     listeners = [
-        Listener(server, stream_path(cid, second["id"]), fmt).start() for fmt in ("pcm", "wav")
+        Listener(server, stream_path(cid, second["id"]), fmt).start() for fmt in AUDIO_FORMATS
     ]
     time.sleep(0.3)  # the requests are in and waiting...
     assert job(stack, second["job_id"])["status"] == "queued"  # ...on a job not yet started
@@ -153,7 +170,7 @@ def test_stream_opened_before_the_job_starts(stack: Stack, server: str) -> None:
     want = stored(stack, cid, second["id"])
     assert len(want) == stack.wait_job(second["job_id"])["progress"]["frames"] * FRAME_SAMPLES
     for listener in listeners:
-        assert np.array_equal(pcm_of(listener), want), listener.fmt
+        assert_heard(listener, want, streamed=True)
 
 
 def test_stream_opened_while_it_runs(stack: Stack, server: str) -> None:
@@ -184,8 +201,8 @@ def test_stream_after_the_turn_finished(stack: Stack, server: str) -> None:
     turn = stack.say(cid, 0, "A turn heard after it was spoken.", max_audio_length_ms=1600)
     assert stack.wait_job(turn["job_id"])["status"] == "succeeded"
     want = stored(stack, cid, turn["id"])
-    assert np.array_equal(full_stream(server, cid, turn["id"], "pcm"), want)
-    assert np.array_equal(full_stream(server, cid, turn["id"], "wav"), want)
+    for fmt in AUDIO_FORMATS:  # whole files now (mp3 with its gapless tag)
+        assert_heard(Listener(server, stream_path(cid, turn["id"]), fmt).start().join(), want)
     # Once the Redis stream has expired, the stored audio is served the same.
     stack.redis.delete(stack.keys.job_audio(turn["job_id"]))
     assert np.array_equal(full_stream(server, cid, turn["id"], "wav"), want)
@@ -281,11 +298,11 @@ def test_failed_turn_is_409(stack: Stack, server: str) -> None:
 def test_bad_format_and_unknown_turn(stack: Stack) -> None:
     cid = stack.conversation()
     provided = stack.upload(cid, 0, "Hi.", audio_file(chirp(0.2), SAMPLE_RATE))
-    r = stack.client.get(stream_path(cid, provided["id"]), params={"format": "mp3"})
+    r = stack.client.get(stream_path(cid, provided["id"]), params={"format": "ogg"})
     assert r.status_code == 422
     error = r.json()["error"]
-    assert error["code"] == "invalid_input" and "'pcm'" in error["message"]
-    assert "'wav'" in error["message"]
+    assert error["code"] == "invalid_input"
+    assert all(f"'{fmt}'" in error["message"] for fmt in AUDIO_FORMATS), error
     for path in (
         stream_path(cid, "00000000-0000-0000-0000-000000000000"),
         stream_path("00000000-0000-0000-0000-000000000000", provided["id"]),

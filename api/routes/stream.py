@@ -1,8 +1,10 @@
 """GET /v1/conversations/{cid}/turns/{tid}/stream: a turn's audio while it is generated.
 
 The body is raw 16-bit little-endian mono PCM at 24 kHz (``format=pcm``, the default, served as
-``audio/pcm`` with ``X-Sample-Rate``), or the same samples after a 44-byte WAV header of open
-length (``format=wav``). The samples are exactly those of the turn's stored audio.
+``audio/pcm`` with ``X-Sample-Rate``), the same samples after a 44-byte WAV header of open
+length (``format=wav``), or a stream of ``flac``, ``mp3``, ``opus`` (Ogg) or ``aac`` (ADTS)
+encoded as the audio arrives (``shared.audio_formats``). The samples are exactly those of the
+turn's stored audio (pcm, wav, flac), or their lossy encoding.
 
 - A finished generated turn, or a provided one: its stored audio at once (from SQL).
 - A queued or running turn: the job's Redis stream from its first chunk, then live. The response
@@ -20,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
@@ -32,9 +34,10 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from api.deps import OwnerDep, StateDep
+from api.speech_output import StreamRender, audio_headers, render_file
 from api.state import ApiState
 from shared import audio
-from shared.audio_formats import MEDIA_TYPES
+from shared.audio_formats import MEDIA_TYPES, AudioFormat
 from shared.audio_stream import AudioStreamReader, StreamRead
 from shared.conversations import get_conversation
 from shared.errors import Conflict, Unavailable
@@ -46,7 +49,6 @@ router = APIRouter(prefix="/v1/conversations/{conversation_id}/turns", tags=["tu
 log = logging.getLogger(__name__)
 
 IDLE_CHECK_MS = 1000  # how long a quiet stream is waited on before SQL is asked again
-StreamFormat = Literal["pcm", "wav"]
 
 
 @dataclass(frozen=True)
@@ -102,21 +104,14 @@ def _job_state(state: ApiState, job_id: str) -> JobState | None:
         return None if job is None else JobState(status=job.status, worker=job.worker)
 
 
-def _headers() -> dict[str, str]:
-    return {
-        "X-Sample-Rate": str(audio.SAMPLE_RATE),
-        "X-Channels": "1",
-        "X-Sample-Format": "s16le",
-        "Cache-Control": "no-store",
-    }
-
-
-def _prefix(fmt: StreamFormat) -> bytes:
-    return audio.wav_stream_header() if fmt == "wav" else b""
-
-
-def _stored_response(fmt: StreamFormat, pcm: bytes) -> Response:
-    return Response(_prefix(fmt) + pcm, media_type=MEDIA_TYPES[fmt], headers=_headers())
+async def _stored_response(fmt: AudioFormat, pcm: bytes) -> Response:
+    """A finished turn's whole audio, shaped as its stream would have been."""
+    render = StreamRender(fmt, 1.0)
+    if render.passthrough:  # pcm, or wav with the stream's open-length header
+        body = render.feed(pcm) + render.finish()
+    else:  # a whole file: seekable, so it carries its length (and mp3 its gapless tag)
+        body = await run_in_threadpool(render_file, pcm, fmt, 1.0)
+    return Response(body, media_type=MEDIA_TYPES[fmt], headers=audio_headers(fmt))
 
 
 def no_audio_error(
@@ -202,14 +197,26 @@ class LiveAudio:
         self.sent_bytes += len(rest)
         return rest
 
-    async def body(self, first: bytes, prefix: bytes) -> AsyncIterator[bytes]:
-        """The response body: ``prefix`` and the first audio, then the rest as it comes."""
+    async def body(self, first: bytes, fmt: AudioFormat) -> AsyncIterator[bytes]:
+        """The response body in ``fmt``: the first audio, then the rest as it comes.
+        Compressed formats are encoded in a worker thread, off the event loop."""
+        render = StreamRender(fmt, 1.0)
+
+        async def encoded(pcm: bytes) -> bytes:
+            return (
+                render.feed(pcm)
+                if render.passthrough
+                else await run_in_threadpool(render.feed, pcm)
+            )
+
         try:
-            yield prefix + first
+            yield await encoded(first)
             while not self.finished:
                 pcm = await self.next()
-                if pcm:
-                    yield pcm
+                if pcm and (data := await encoded(pcm)):
+                    yield data
+            if tail := render.finish():
+                yield tail
         finally:
             await self.close()
 
@@ -222,10 +229,10 @@ class LiveAudio:
     "/{turn_id}/stream",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"audio/pcm": {}, "audio/wav": {}}},
+        200: {"content": {media_type: {} for media_type in MEDIA_TYPES.values()}},
         409: {"description": "the turn failed or was cancelled before any audio"},
     },
-    summary="Stream a turn's audio (16-bit PCM, 24 kHz mono) while it is generated",
+    summary="Stream a turn's audio while it is generated (default: 16-bit PCM, 24 kHz mono)",
 )
 async def stream_audio(
     request: Request,
@@ -233,13 +240,13 @@ async def stream_audio(
     owner: OwnerDep,
     conversation_id: str,
     turn_id: str,
-    format: Annotated[StreamFormat, Query()] = "pcm",  # noqa: A002
+    format: Annotated[AudioFormat, Query()] = "pcm",  # noqa: A002
 ) -> Response:
     turn = await run_in_threadpool(
         _turn_state, state, owner=owner, conversation_id=conversation_id, turn_id=turn_id
     )
     if turn.pcm is not None:
-        return _stored_response(format, turn.pcm)
+        return await _stored_response(format, turn.pcm)
     if turn.job_id is None or JobStatus(turn.status).finished:
         raise no_audio_error(turn_id, turn.status, turn.error)
     live = LiveAudio(state, job_id=turn.job_id, turn_id=turn_id)
@@ -259,11 +266,11 @@ async def stream_audio(
             _turn_state, state, owner=owner, conversation_id=conversation_id, turn_id=turn_id
         )
         if turn.pcm is not None:
-            return _stored_response(format, turn.pcm)
+            return await _stored_response(format, turn.pcm)
         raise no_audio_error(turn_id, turn.status, turn.error)
     return StreamingResponse(
-        live.body(first, _prefix(format)),
+        live.body(first, format),
         media_type=MEDIA_TYPES[format],
-        headers=_headers(),
+        headers=audio_headers(format),
         background=BackgroundTask(live.close),  # also when the body never started
     )
