@@ -20,6 +20,7 @@ from shared.db import make_engine, make_session_factory
 from shared.dispatch import claim_next
 from shared.keys import RedisKeys
 from shared.models import Job, TurnMedia
+from shared.queue import create_celery, enqueue_job
 from shared.recovery import Orphan, OrphanReconciler, requeue_orphan
 from shared.settings import Settings
 from shared.turns import create_generated_turn
@@ -27,6 +28,7 @@ from shared.workers import beat, live_workers
 from tests.expected import expected_codes, served_codes
 from tests.stack import RUNNING_MS, Stack, database
 from worker.job_state import JobPlan, start_job, succeed_job
+from worker.runtime import HeldJobs
 
 TEXT = "A long turn whose worker is killed half way."
 PARAMS = {"max_audio_length_ms": 30_000, "temperature": 0}
@@ -107,6 +109,47 @@ def test_a_worker_behind_the_sqlite_write_lock_is_not_taken_for_dead(
     done = stack.wait_job(turn["job_id"], timeout=180)
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert "vanished" not in stack.worker_logs(tail=None)
+
+
+def test_a_duplicate_message_for_a_running_job_leaves_it_held(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """A message re-sent for a job (as after Redis lost its data) that reaches the very worker
+    running it is skipped, and the job stays held: the worker's heartbeat goes on listing it,
+    so recovery never takes it for abandoned, and the turn is spoken once."""
+    stack = make_stack("sqlite", workers=1)
+    cid = stack.conversation()
+    turn = stack.say(cid, 0, TEXT, max_audio_length_ms=RUNNING_MS, temperature=0)
+    job_id = turn["job_id"]
+    wait_under_way(stack, job_id)
+    enqueue_job(create_celery(stack.settings), stack.settings, job_id, cid)
+    deadline = time.monotonic() + 30
+    while f"job {job_id} is running; skipping" not in stack.worker_logs(tail=None):
+        assert time.monotonic() < deadline, stack.worker_logs()
+        time.sleep(0.05)
+    until = time.monotonic() + 3 * stack.settings.worker_heartbeat_s
+    while time.monotonic() < until:  # beats after the duplicate's task let go of the job
+        (worker,) = live_workers(stack.redis, stack.keys)
+        status = stack.client.get(f"/v1/jobs/{job_id}").json()["status"]
+        assert job_id in worker["jobs"] or status != "running", (worker, status)
+        time.sleep(0.1)
+    done = stack.wait_job(job_id, timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+
+
+def test_held_jobs_count_their_holders() -> None:
+    held = HeldJobs()
+    announced: list[list[str]] = []
+    held.on_change = lambda: announced.append(held.snapshot())
+    held.add("a")
+    held.add("a")  # a duplicate message's task
+    held.add("b")
+    assert announced == [["a"], ["a"], ["a", "b"]]
+    held.discard("a")
+    assert held.snapshot() == ["a", "b"]  # still held by the task that runs it
+    held.discard("a")
+    held.discard("b")
+    assert held.snapshot() == []
 
 
 def test_only_the_current_attempt_can_store_the_turn(tmp_path: Path) -> None:

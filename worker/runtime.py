@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -34,26 +35,33 @@ def worker_name() -> str:
 
 class HeldJobs:
     """The jobs this worker holds now. Its heartbeat lists them, so recovery can tell a job
-    whose worker is alive but lost it (gave up during an outage) from one in progress."""
+    whose worker is alive but lost it (gave up during an outage) from one in progress.
+
+    Holds are counted: a duplicate message for a job this worker runs (a re-send after Redis
+    lost its data) is held and let go by its own task, while the job stays held by the task
+    that runs it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ids: set[str] = set()
+        self._holds: Counter[str] = Counter()
         self.on_change: Callable[[], None] = lambda: None
 
     def add(self, job_id: str) -> None:
         """Hold a job; the heartbeat says so at once (before the job is marked running)."""
         with self._lock:
-            self._ids.add(job_id)
+            self._holds[job_id] += 1
         self.on_change()
 
     def discard(self, job_id: str) -> None:
+        """Let go of one hold of the job (the job stays held while another task holds it)."""
         with self._lock:
-            self._ids.discard(job_id)
+            self._holds[job_id] -= 1
+            if self._holds[job_id] <= 0:
+                del self._holds[job_id]
 
     def snapshot(self) -> list[str]:
         with self._lock:
-            return sorted(self._ids)
+            return sorted(self._holds)
 
 
 @dataclass
