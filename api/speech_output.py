@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
+import anyio
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 
 from api.openai_schemas import SpeechUsage
 from shared import audio
@@ -31,7 +34,7 @@ class StreamRender:
         self._encoder = StreamEncoder(fmt)
         # Bytes passed through as they are: cheap enough for the event loop. Encoding (LAME
         # takes ~7 ms of CPU per 320 ms chunk) or stretching runs in a worker thread.
-        self.passthrough = self._tempo is None and fmt in ("pcm", "wav")
+        self.passthrough = self._tempo is None and self._encoder.passthrough
 
     def feed(self, pcm: bytes) -> bytes:
         if self._tempo is not None:
@@ -43,6 +46,23 @@ class StreamRender:
         if self._tempo is not None:
             tail = self._encoder.feed(audio.pcm16_bytes(self._tempo.finish()))
         return tail + self._encoder.finish()
+
+    async def feed_off_loop(self, pcm: bytes) -> bytes:
+        """:meth:`feed`, in a worker thread unless the bytes only pass through."""
+        return await self._off_loop(self.feed, pcm)
+
+    async def finish_off_loop(self) -> bytes:
+        """:meth:`finish`, in a worker thread unless the bytes only pass through."""
+        return await self._off_loop(self.finish)
+
+    async def _off_loop(self, step: Callable[..., bytes], *args: bytes) -> bytes:
+        """Shielded: a caller that leaves mid-step never leaves the encoder half way through a
+        call."""
+        if self.passthrough:
+            return step(*args)
+        with anyio.CancelScope(shield=True):
+            data: bytes = await run_in_threadpool(step, *args)
+        return data
 
 
 def media_type(fmt: str) -> str:

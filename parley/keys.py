@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from parley.db_trouble import cannot_use_database, db_reason
+from parley.db_trouble import db_reason, run_command
 from shared.api_keys import any_keys, create_key, list_keys, revoke_key
 from shared.db import make_engine, make_session_factory
-from shared.errors import ParleyError
 from shared.settings import Settings
 
 
@@ -107,16 +106,12 @@ def _revoke(session: Session, args: argparse.Namespace) -> None:
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     action: Callable[[Session, argparse.Namespace], None] = args.keys_action
-    try:
+
+    def work() -> None:
         with _session(settings) as session:
             action(session, args)
-    except ParleyError as exc:
-        print(f"parley keys: {exc.message}", file=sys.stderr)
-        return 1
-    except DBAPIError as exc:
-        print(cannot_use_database("keys", settings, exc), file=sys.stderr)
-        return 1
-    return 0
+
+    return run_command("keys", settings, work)
 
 
 def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

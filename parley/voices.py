@@ -6,15 +6,13 @@ named ``alloy`` is what ``alloy`` sounds like). A key's own voice of the same na
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 
-from parley.db_trouble import cannot_use_database
-from shared.errors import NotFound, ParleyError
+from parley.db_trouble import run_command
+from shared.errors import NotFound
 from shared.models import Voice
 from shared.settings import Settings
 from shared.voices import SERVER_OWNER, delete_voice
@@ -69,16 +67,9 @@ def cmd_voices(settings: Settings, args: argparse.Namespace) -> int:
 
     state = ApiState.create(settings)
     try:
-        args.voices_action(state, args)
-    except ParleyError as exc:
-        print(f"parley voices: {exc.message}", file=sys.stderr)
-        return 1
-    except DBAPIError as exc:
-        print(cannot_use_database("voices", settings, exc), file=sys.stderr)
-        return 1
+        return run_command("voices", settings, lambda: args.voices_action(state, args))
     finally:
         state.close()
-    return 0
 
 
 def add_voices_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

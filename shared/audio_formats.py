@@ -86,6 +86,11 @@ class StreamEncoder:
         self._av = AvEncoder(fmt, seekable=False) if fmt in AV_CODECS else None
         self._header = audio.wav_stream_header() if fmt == "wav" else b""
 
+    @property
+    def passthrough(self) -> bool:
+        """The samples pass through unchanged (pcm, wav): no encoding work to speak of."""
+        return self._av is None
+
     def _take_header(self) -> bytes:
         header, self._header = self._header, b""
         return header

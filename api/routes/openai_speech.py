@@ -11,10 +11,9 @@ sends it base64 in ``speech.audio.delta`` events, then ``speech.audio.done`` wit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -231,27 +230,19 @@ async def _stream(
         while True:
             data = b""
             if pcm:
-                data = render.feed(pcm) if render.passthrough else await _off_loop(render.feed, pcm)
+                data = await render.feed_off_loop(pcm)
             if data:
                 yield sse_delta(data) if sse else data
             if live.finished:
                 break
             pcm = await live.next()
-        tail = render.finish() if render.passthrough else await _off_loop(render.finish)
+        tail = await render.finish_off_loop()
         if tail:
             yield sse_delta(tail) if sse else tail
         if sse:
             yield await _sse_end(state, turn, body)
     finally:
         await done()
-
-
-async def _off_loop(func: Callable[..., bytes], *args: bytes) -> bytes:
-    """Run an encoder step in a worker thread; shielded, so a caller that leaves mid-step never
-    leaves the encoder half way through a call."""
-    with anyio.CancelScope(shield=True):
-        data = await run_in_threadpool(func, *args)
-    return data
 
 
 async def _sse_end(state: ApiState, turn: SpeechTurn, body: SpeechCreate) -> bytes:

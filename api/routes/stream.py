@@ -34,10 +34,10 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from api.deps import OwnerDep, StateDep
-from api.speech_output import StreamRender, audio_headers, render_file
+from api.speech_output import StreamRender, audio_headers
 from api.state import ApiState
 from shared import audio
-from shared.audio_formats import MEDIA_TYPES, AudioFormat
+from shared.audio_formats import MEDIA_TYPES, AudioFormat, StreamEncoder, transcode
 from shared.audio_stream import AudioStreamReader, StreamRead
 from shared.conversations import get_conversation
 from shared.errors import Conflict, Unavailable
@@ -59,7 +59,7 @@ class TurnState:
     job_id: str | None
     status: str
     error: str | None
-    pcm: bytes | None
+    flac: bytes | None
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,15 @@ def _turn_state(state: ApiState, *, owner: str, conversation_id: str, turn_id: s
         get_conversation(session, owner=owner, conversation_id=conversation_id)
         turn = get_turn(session, conversation_id=conversation_id, turn_id=turn_id)
         job = turn.job
-        pcm = None
+        flac = None
         if turn.source == TurnSource.PROVIDED or turn.status == JobStatus.SUCCEEDED:
-            pcm = stored_pcm16(session, turn.id)
+            media = get_media(session, turn_id=turn.id)
+            flac = media.audio_flac if media is not None else None
         return TurnState(
             job_id=job.id if job else None,
             status=job.status if job else turn.status,
             error=job.error_message if job else None,
-            pcm=pcm,
+            flac=flac,
         )
 
 
@@ -104,13 +105,18 @@ def _job_state(state: ApiState, job_id: str) -> JobState | None:
         return None if job is None else JobState(status=job.status, worker=job.worker)
 
 
-async def _stored_response(fmt: AudioFormat, pcm: bytes) -> Response:
-    """A finished turn's whole audio, shaped as its stream would have been."""
-    render = StreamRender(fmt, 1.0)
-    if render.passthrough:  # pcm, or wav with the stream's open-length header
-        body = render.feed(pcm) + render.finish()
-    else:  # a whole file: seekable, so it carries its length (and mp3 its gapless tag)
-        body = await run_in_threadpool(render_file, pcm, fmt, 1.0)
+def _stored_body(flac: bytes, fmt: AudioFormat) -> bytes:
+    """A finished turn's audio: pcm and wav shaped as their stream (wav with its open-length
+    header), other formats as the whole file ``…/audio`` serves (it carries its length, and an
+    mp3 its gapless tag)."""
+    encoder = StreamEncoder(fmt)
+    if not encoder.passthrough:
+        return transcode(flac, fmt)
+    return encoder.feed(audio.pcm16_bytes(audio.decode_flac_pcm16(flac))) + encoder.finish()
+
+
+async def _stored_response(fmt: AudioFormat, flac: bytes) -> Response:
+    body = await run_in_threadpool(_stored_body, flac, fmt)
     return Response(body, media_type=MEDIA_TYPES[fmt], headers=audio_headers(fmt))
 
 
@@ -201,21 +207,13 @@ class LiveAudio:
         """The response body in ``fmt``: the first audio, then the rest as it comes.
         Compressed formats are encoded in a worker thread, off the event loop."""
         render = StreamRender(fmt, 1.0)
-
-        async def encoded(pcm: bytes) -> bytes:
-            return (
-                render.feed(pcm)
-                if render.passthrough
-                else await run_in_threadpool(render.feed, pcm)
-            )
-
         try:
-            yield await encoded(first)
+            yield await render.feed_off_loop(first)
             while not self.finished:
                 pcm = await self.next()
-                if pcm and (data := await encoded(pcm)):
+                if pcm and (data := await render.feed_off_loop(pcm)):
                     yield data
-            if tail := render.finish():
+            if tail := await render.finish_off_loop():
                 yield tail
         finally:
             await self.close()
@@ -245,8 +243,8 @@ async def stream_audio(
     turn = await run_in_threadpool(
         _turn_state, state, owner=owner, conversation_id=conversation_id, turn_id=turn_id
     )
-    if turn.pcm is not None:
-        return await _stored_response(format, turn.pcm)
+    if turn.flac is not None:
+        return await _stored_response(format, turn.flac)
     if turn.job_id is None or JobStatus(turn.status).finished:
         raise no_audio_error(turn_id, turn.status, turn.error)
     live = LiveAudio(state, job_id=turn.job_id, turn_id=turn_id)
@@ -265,8 +263,8 @@ async def stream_audio(
         turn = await run_in_threadpool(
             _turn_state, state, owner=owner, conversation_id=conversation_id, turn_id=turn_id
         )
-        if turn.pcm is not None:
-            return await _stored_response(format, turn.pcm)
+        if turn.flac is not None:
+            return await _stored_response(format, turn.flac)
         raise no_audio_error(turn_id, turn.status, turn.error)
     return StreamingResponse(
         live.body(first, format),
