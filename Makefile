@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 # release upstream cannot change a fresh clone's install under it.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install browser run test lint bench load lock clean
+.PHONY: install browser run test lint bench bench-gpu load lock clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ test: lint browser
 
 bench: install
 	$(PY) -m bench.run
+
+# On a machine with a GPU: full-size csm-1b shapes, random weights, bf16 (bench/gpu.py). Needs only
+# torch, transformers and numpy, so it runs on the machine's own python without installing Parley.
+GPU_PYTHON ?= python3
+bench-gpu:
+	PYTHONPATH=. PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m bench.gpu $(GPU_ARGS)
 
 # Options through LOAD_ARGS, e.g. make load LOAD_ARGS="--db postgresql --conversations 32"
 load: install

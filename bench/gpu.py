@@ -1,0 +1,307 @@
+"""``make bench-gpu``: the engine on a GPU, full-size csm-1b shapes, random weights, bf16.
+
+Needs only torch, transformers and numpy (what the lent GPU machines have), so it runs with the
+machine's own python and ``PYTHONPATH=.``: nothing is installed there. One run, every figure
+side by side:
+
+- batch 1, greedy: ms per frame of transformers' ``generate`` and of Parley's frame loop
+  (same codes, checked), eager and with the depth pass in a CUDA graph; real-time factor;
+- aggregate frames/s and real-time streams at batch 1..128, model only and with the streaming
+  Mimi decode of every row's frame included (one decoder per turn, as the service runs today);
+- time to first audio of a new turn that joins 0, 15 and 63 running turns: prefill, its first
+  frame and its first decoded audio;
+- GPU memory: the model, the KV cache per stream, the peak.
+
+Writes ``bench/results/gpu-latest.json`` and prints a table. Medians, never one sample.
+``--arch tiny --device cpu`` runs the same code on the tiny checkpoint (a smoke run, not speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from bench import engine_bench
+from worker.engine.codec_stream import StreamingDecoder
+from worker.engine.frame_loop import FrameLoop
+from worker.engine.types import SamplingParams
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAME_MS = 80.0
+GIB = 1024**3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def _mem_gib(device: torch.device) -> float:
+    return torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else 0.0
+
+
+def _loaded_rows(model: Any, loop: FrameLoop, n: int, frames: int, tag: str) -> None:
+    """Admit ``n`` sampled rows with room for ``frames`` frames each."""
+    for i in range(n):
+        positions = engine_bench.PROMPT_POSITIONS - 3 * (i % 40)  # rows at different positions
+        embeds = engine_bench.prompt_embeds(model, positions, seed=i)
+        loop.admit((tag, i), embeds, SamplingParams(0.9, 50, frames, i))
+
+
+@torch.no_grad()
+def decode_cost(model: Any, *, repeats: int) -> dict[str, float]:
+    """ms per ``push`` of one streaming decoder: 1 frame, and 4 frames at once."""
+    device = model.device
+    rng = np.random.default_rng(0)
+    size = int(model.config.codec_config.codebook_size)
+    n_q = int(model.config.num_codebooks)
+    out = {}
+    for k in (1, 4):
+        decoder = StreamingDecoder(model.codec_model)
+        decoder.push(rng.integers(0, size, (k, n_q)))  # warm
+        samples = []
+        for _ in range(max(repeats * 4, 12)):
+            codes = rng.integers(0, size, (k, n_q))
+            _sync(device)
+            t0 = time.perf_counter()
+            decoder.push(codes)
+            samples.append(1000 * (time.perf_counter() - t0))
+        out[f"push_{k}_frames_ms"] = statistics.median(samples)
+    return out
+
+
+@torch.no_grad()
+def batch_table(
+    model: Any, loop: FrameLoop, *, sizes: list[int], frames: int, repeats: int, push_ms: float
+) -> dict[str, Any]:
+    """Per batch size: ms per step (model), frames/s, and with per-turn decode added."""
+    device = model.device
+    table: dict[str, Any] = {}
+    base = None
+    for b in sizes:
+        _loaded_rows(model, loop, b, 1000, "batch")  # room for every step below
+        for _ in range(2):
+            loop.step()  # warm this shape
+        step_ms = _median_ms(loop.step, max(frames, repeats), device)
+        peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else 0.0
+        for row in list(loop.rows):
+            loop.remove(row.key)
+        fps = b * 1000 / step_ms
+        base = base or fps
+        with_decode_ms = step_ms + b * push_ms  # one decoder call per turn per frame, serial
+        fps_decode = b * 1000 / with_decode_ms
+        table[str(b)] = {
+            "step_ms": step_ms,
+            "frames_per_s": fps,
+            "vs_batch_1": fps / base,
+            "real_time_streams": fps / (1000 / FRAME_MS),
+            "step_real_time_factor": step_ms / FRAME_MS,
+            "with_decode_step_ms": with_decode_ms,
+            "with_decode_frames_per_s": fps_decode,
+            "with_decode_real_time_streams": fps_decode / (1000 / FRAME_MS),
+            "peak_gib": peak,
+        }
+    return table
+
+
+@torch.no_grad()
+def first_audio(
+    model: Any, loop: FrameLoop, *, running: list[int], repeats: int
+) -> dict[str, Any]:
+    """A new turn joins ``n`` running turns: ms from admit to its first frame and first audio."""
+    device = model.device
+    out: dict[str, Any] = {}
+    for n in running:
+        _loaded_rows(model, loop, n, 1000, "running")
+        firsts, audios = [], []
+        for r in range(repeats + 1):
+            embeds = engine_bench.prompt_embeds(model, engine_bench.PROMPT_POSITIONS, seed=99 + r)
+            decoder = StreamingDecoder(model.codec_model)
+            _sync(device)
+            t0 = time.perf_counter()
+            loop.admit("new", embeds, SamplingParams(0.9, 50, 100, r))
+            frame = None
+            while frame is None:
+                frame = next(x.frame for x in loop.step() if x.key == "new")
+            t_frame = time.perf_counter()
+            decoder.push(frame.numpy()[None])
+            _sync(device)
+            t_audio = time.perf_counter()
+            loop.remove("new")
+            if r:  # the first admits a new prompt shape: warm-up
+                firsts.append(1000 * (t_frame - t0))
+                audios.append(1000 * (t_audio - t0))
+        for row in list(loop.rows):
+            loop.remove(row.key)
+        out[str(n + 1)] = {
+            "first_frame_ms": statistics.median(firsts),
+            "first_audio_ms": statistics.median(audios),
+        }
+    return out
+
+
+class GraphedDepth:
+    """The frame loop's depth pass (codebook 0 pick plus 31 depth steps) as one CUDA graph for a
+    fixed batch size: a probe of what graphs buy, greedy rows only (no per-row noise)."""
+
+    def __init__(self, loop: FrameLoop, b: int, hidden: torch.Tensor, scores: torch.Tensor):
+        self._loop = loop
+        self.hidden = hidden.clone()
+        self.scores = scores.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                loop._depth_frame(self.hidden, self.scores)  # warm kernels and the params
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = loop._depth_frame(self.hidden, self.scores)
+
+    def __call__(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.out
+
+
+@torch.no_grad()
+def graph_probe(model: Any, loop: FrameLoop, *, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """Eager vs CUDA-graphed depth pass, greedy, at several batch sizes; same codes checked."""
+    device = model.device
+    out: dict[str, Any] = {}
+    for b in sizes:
+        for i in range(b):
+            embeds = engine_bench.prompt_embeds(model, 64, seed=i)
+            loop.admit(("g", i), embeds, SamplingParams(0, 0, 1000))
+        loop.step()
+        hidden, scores = loop._backbone_step(b)
+        eager_codes = loop._depth_frame(hidden, scores)
+        eager_ms = _median_ms(lambda h=hidden, s=scores: loop._depth_frame(h, s), 20, device)
+        graphed = GraphedDepth(loop, b, hidden, scores)
+        graph_codes = graphed().clone()
+        graph_ms = _median_ms(graphed, 20, device)
+        backbone_ms = _median_ms(lambda b=b: loop._backbone_step(b), 20, device)
+        for row in list(loop.rows):
+            loop.remove(row.key)
+        out[str(b)] = {
+            "depth_eager_ms": eager_ms,
+            "depth_graph_ms": graph_ms,
+            "graph_over_eager": graph_ms / eager_ms,
+            "same_codes": bool(torch.equal(eager_codes, graph_codes)),
+            "backbone_step_eager_ms": backbone_ms,
+            "step_with_graphed_depth_ms": backbone_ms + graph_ms,
+            "real_time_streams_with_graphed_depth": b * 1000 / (backbone_ms + graph_ms) / 12.5,
+        }
+    return out
+
+
+def _section(result: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
+    """Run one part; a failure is recorded (with its message) and the rest still runs."""
+    t0 = time.perf_counter()
+    try:
+        result[name] = fn()
+    except Exception as exc:  # a probe that fails must not cost the other figures
+        result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    print(f"[{name}] {time.perf_counter() - t0:.1f} s: {json.dumps(result[name])[:600]}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", choices=["tiny", "csm-1b"], default="csm-1b")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--frames", type=int, default=40, help="frames per timed turn / steps")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
+    parser.add_argument("--first-audio", type=int, nargs="+", default=[0, 15, 63])
+    parser.add_argument("--graph-batch", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu-latest.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    began = time.perf_counter()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    tiny_dir = Path(tempfile.mkdtemp(prefix="parley-tiny-")) / "m"
+    if args.arch == "tiny":
+        from worker.engine.tiny import build_tiny_checkpoint
+
+        build_tiny_checkpoint(tiny_dir, seed=0)
+    if device.type == "cuda":
+        with torch.device(device):  # random init on the GPU: seconds, not a minute of CPU
+            model = engine_bench.load_model(args.arch, args.device, tiny_dir)
+    else:
+        model = engine_bench.load_model(args.arch, args.device, tiny_dir)
+    params = sum(p.numel() for p in model.parameters())
+    result: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "arch": args.arch,
+        "model": "csm-1b architecture, random weights (same shapes and cost per frame)"
+        if args.arch == "csm-1b"
+        else "tiny random test checkpoint (not csm-1b)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(model.dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "parameters": params,
+        "model_gib": _mem_gib(device),
+    }
+    print(json.dumps(result), flush=True)
+    loop = FrameLoop(model, max_batch=max(args.batch + [n + 1 for n in args.first_audio]))
+    result["kv_cache_gib_per_stream"] = (_mem_gib(device) - result["model_gib"]) / loop.max_batch
+    _section(
+        result,
+        "batch1",
+        lambda: engine_bench.loop_vs_generate(model, frames=args.frames, repeats=args.repeats),
+    )
+    _section(result, "decode", lambda: decode_cost(model, repeats=args.repeats))
+    push_ms = result["decode"].get("push_1_frames_ms", 0.0)
+    _section(
+        result,
+        "batching",
+        lambda: batch_table(
+            model, loop, sizes=args.batch, frames=args.frames, repeats=args.repeats,
+            push_ms=push_ms,
+        ),
+    )
+    _section(
+        result,
+        "first_audio",
+        lambda: first_audio(model, loop, running=args.first_audio, repeats=args.repeats),
+    )
+    if device.type == "cuda":
+        _section(
+            result,
+            "graphed_depth",
+            lambda: graph_probe(model, loop, sizes=args.graph_batch, repeats=args.repeats),
+        )
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+    result["seconds"] = time.perf_counter() - began
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
