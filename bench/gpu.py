@@ -127,9 +127,7 @@ def batch_table(
 
 
 @torch.no_grad()
-def first_audio(
-    model: Any, loop: FrameLoop, *, running: list[int], repeats: int
-) -> dict[str, Any]:
+def first_audio(model: Any, loop: FrameLoop, *, running: list[int], repeats: int) -> dict[str, Any]:
     """A new turn joins ``n`` running turns: ms from admit to its first frame and first audio."""
     device = model.device
     out: dict[str, Any] = {}
@@ -162,60 +160,6 @@ def first_audio(
     return out
 
 
-class GraphedDepth:
-    """The frame loop's depth pass (codebook 0 pick plus 31 depth steps) as one CUDA graph for a
-    fixed batch size: a probe of what graphs buy, greedy rows only (no per-row noise)."""
-
-    def __init__(self, loop: FrameLoop, b: int, hidden: torch.Tensor, scores: torch.Tensor):
-        self._loop = loop
-        self.hidden = hidden.clone()
-        self.scores = scores.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                loop._depth_frame(self.hidden, self.scores)  # warm kernels and the params
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = loop._depth_frame(self.hidden, self.scores)
-
-    def __call__(self) -> torch.Tensor:
-        self.graph.replay()
-        return self.out
-
-
-@torch.no_grad()
-def graph_probe(model: Any, loop: FrameLoop, *, sizes: list[int], repeats: int) -> dict[str, Any]:
-    """Eager vs CUDA-graphed depth pass, greedy, at several batch sizes; same codes checked."""
-    device = model.device
-    out: dict[str, Any] = {}
-    for b in sizes:
-        for i in range(b):
-            embeds = engine_bench.prompt_embeds(model, 64, seed=i)
-            loop.admit(("g", i), embeds, SamplingParams(0, 0, 1000))
-        loop.step()
-        hidden, scores = loop._backbone_step(b)
-        eager_codes = loop._depth_frame(hidden, scores)
-        eager_ms = _median_ms(lambda h=hidden, s=scores: loop._depth_frame(h, s), 20, device)
-        graphed = GraphedDepth(loop, b, hidden, scores)
-        graph_codes = graphed().clone()
-        graph_ms = _median_ms(graphed, 20, device)
-        backbone_ms = _median_ms(lambda b=b: loop._backbone_step(b), 20, device)
-        for row in list(loop.rows):
-            loop.remove(row.key)
-        out[str(b)] = {
-            "depth_eager_ms": eager_ms,
-            "depth_graph_ms": graph_ms,
-            "graph_over_eager": graph_ms / eager_ms,
-            "same_codes": bool(torch.equal(eager_codes, graph_codes)),
-            "backbone_step_eager_ms": backbone_ms,
-            "step_with_graphed_depth_ms": backbone_ms + graph_ms,
-            "real_time_streams_with_graphed_depth": b * 1000 / (backbone_ms + graph_ms) / 12.5,
-        }
-    return out
-
-
 def _section(result: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
     """Run one part; a failure is recorded (with its message) and the rest still runs."""
     t0 = time.perf_counter()
@@ -223,7 +167,94 @@ def _section(result: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
         result[name] = fn()
     except Exception as exc:  # a probe that fails must not cost the other figures
         result[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    print(f"[{name}] {time.perf_counter() - t0:.1f} s: {json.dumps(result[name])[:600]}", flush=True)
+    print(
+        f"[{name}] {time.perf_counter() - t0:.1f} s: {json.dumps(result[name])[:600]}", flush=True
+    )
+
+
+@torch.no_grad()
+def generate_reference(model: Any, *, frames: int, repeats: int) -> dict[str, Any]:
+    """transformers' ``generate``, greedy, batch 1: ms per frame, and its codes (the reference)."""
+    embeds = engine_bench.prompt_embeds(model, engine_bench.PROMPT_POSITIONS, seed=1)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=model.device)
+    greedy = {"do_sample": False, "temperature": None, "top_k": None}
+    kwargs: dict[str, Any] = {**greedy, **{f"depth_decoder_{k}": v for k, v in greedy.items()}}
+
+    def run() -> Any:
+        return model.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=frames, **kwargs
+        )
+
+    codes = run()[0].cpu().numpy()
+    ms = _median_ms(run, repeats, model.device)
+    return {
+        "ms_per_frame": ms / frames,
+        "real_time_factor": ms / frames / FRAME_MS,
+        "codes": codes.tolist(),
+    }
+
+
+def _write(result: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))  # after every part: a killed run keeps its figures
+
+
+@torch.no_grad()
+def batch1(model: Any, loop: FrameLoop, *, frames: int, repeats: int, ref: np.ndarray) -> dict:
+    """ms per frame of one greedy turn alone, and whether its codes equal ``generate``'s."""
+    embeds = engine_bench.prompt_embeds(model, engine_bench.PROMPT_POSITIONS, seed=1)
+    params = SamplingParams(temperature=0, top_k=0, max_frames=frames)
+    got: list[np.ndarray] = []
+    loop.admit("check", embeds, params)
+    while loop.rows:
+        got += [r.frame.numpy() for r in loop.step() if r.frame is not None]
+    same = len(got) == len(ref) and bool(np.array_equal(np.array(got), ref))
+    ms = _median_ms(lambda: engine_bench.run_loop(loop, [(embeds, params)]), repeats, model.device)
+    return {
+        "ms_per_frame": ms / frames,
+        "real_time_factor": ms / frames / FRAME_MS,
+        "same_codes_as_generate": same,
+    }
+
+
+def run_mode(
+    model: Any, mode: str, args: argparse.Namespace, result: dict[str, Any], ref: np.ndarray
+) -> None:
+    """Every figure of one compile mode, into ``result["modes"][mode]``."""
+    device = model.device
+    sizes = args.batch if mode != "inductor+graphs" else args.inductor_batch
+    running = [n for n in args.first_audio if mode != "inductor+graphs" or n + 1 in sizes]
+    loop = FrameLoop(model, max_batch=max(sizes + [n + 1 for n in running]), compile=mode)
+    out: dict[str, Any] = {}
+    result.setdefault("modes", {})[mode] = out
+    t0 = time.perf_counter()
+    out["shapes_prepared"] = loop.warm_up(
+        max_span=args.max_span, batches=sorted({*sizes, *(n + 1 for n in running), 1})
+    )
+    _sync(device)
+    out["warm_up_s"] = time.perf_counter() - t0
+    print(f"[{mode}] warm-up {out['warm_up_s']:.1f} s, {out['shapes_prepared']} shapes", flush=True)
+    _section(
+        out,
+        "batch1",
+        lambda: batch1(model, loop, frames=args.frames, repeats=args.repeats, ref=ref),
+    )
+    push_ms = result.get("decode", {}).get("push_1_frames_ms", 0.0)
+    _section(
+        out,
+        "batching",
+        lambda: batch_table(
+            model, loop, sizes=sizes, frames=args.frames, repeats=args.repeats, push_ms=push_ms
+        ),
+    )
+    _section(
+        out, "first_audio", lambda: first_audio(model, loop, running=running, repeats=args.repeats)
+    )
+    cache = loop._cache
+    kv_bytes = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
+    out["kv_gib_per_stream"] = kv_bytes / cache.keys[0].shape[0] / GIB
+    out["shapes_after"] = loop._steps.captured  # more than prepared: a turn paid for a shape
+    _write(result, args.out)
 
 
 def main() -> int:
@@ -234,12 +265,24 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
     parser.add_argument("--first-audio", type=int, nargs="+", default=[0, 15, 63])
-    parser.add_argument("--graph-batch", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["off", "graphs", "inductor+graphs"],
+        help="compile modes to compare (PARLEY_COMPILE values)",
+    )
+    parser.add_argument(
+        "--inductor-batch",
+        type=int,
+        nargs="+",
+        default=[1, 64],
+        help="batch sizes for inductor modes (each compiles for minutes)",
+    )
+    parser.add_argument("--max-span", type=int, default=512, help="span buckets warmed")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu-latest.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     began = time.perf_counter()
-    torch.backends.cuda.matmul.allow_tf32 = True
     tiny_dir = Path(tempfile.mkdtemp(prefix="parley-tiny-")) / "m"
     if args.arch == "tiny":
         from worker.engine.tiny import build_tiny_checkpoint
@@ -250,7 +293,6 @@ def main() -> int:
             model = engine_bench.load_model(args.arch, args.device, tiny_dir)
     else:
         model = engine_bench.load_model(args.arch, args.device, tiny_dir)
-    params = sum(p.numel() for p in model.parameters())
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "arch": args.arch,
@@ -261,43 +303,30 @@ def main() -> int:
         "dtype": str(model.dtype),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "parameters": params,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "model_gib": _mem_gib(device),
+        "prompt_positions": engine_bench.PROMPT_POSITIONS,
     }
     print(json.dumps(result), flush=True)
-    loop = FrameLoop(model, max_batch=max(args.batch + [n + 1 for n in args.first_audio]))
-    result["kv_cache_gib_per_stream"] = (_mem_gib(device) - result["model_gib"]) / loop.max_batch
+    # transformers' generate, batch 1, greedy: the reference codes and time
     _section(
         result,
-        "batch1",
-        lambda: engine_bench.loop_vs_generate(model, frames=args.frames, repeats=args.repeats),
+        "generate",
+        lambda: generate_reference(model, frames=args.frames, repeats=args.repeats),
     )
+    ref = np.array(result["generate"].pop("codes", []))
     _section(result, "decode", lambda: decode_cost(model, repeats=args.repeats))
-    push_ms = result["decode"].get("push_1_frames_ms", 0.0)
-    _section(
-        result,
-        "batching",
-        lambda: batch_table(
-            model, loop, sizes=args.batch, frames=args.frames, repeats=args.repeats,
-            push_ms=push_ms,
-        ),
-    )
-    _section(
-        result,
-        "first_audio",
-        lambda: first_audio(model, loop, running=args.first_audio, repeats=args.repeats),
-    )
-    if device.type == "cuda":
-        _section(
-            result,
-            "graphed_depth",
-            lambda: graph_probe(model, loop, sizes=args.graph_batch, repeats=args.repeats),
-        )
+    for mode in args.modes:
+        status: dict[str, Any] = {}
+        _section(status, mode, lambda mode=mode: run_mode(model, mode, args, result, ref))
+        if isinstance(status[mode], dict) and "error" in status[mode]:
+            result.setdefault("modes", {}).setdefault(mode, {})["error"] = status[mode]["error"]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
     result["seconds"] = time.perf_counter() - began
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    _write(result, args.out)
     print(json.dumps(result, indent=2))
     print(f"wrote {args.out} in {result['seconds']:.0f} s")
     return 0

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.compile_modes import COMPILE_AUTO, COMPILE_MODES, COMPILE_OFF
+
 DEFAULT_MODEL = "sesame/csm-1b"
 # Room for a multipart upload's boundaries and small fields around its audio file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -78,6 +80,11 @@ class Settings(BaseSettings):
     # Turns of different conversations one worker runs together, frame by frame.
     max_batch: int = Field(default=8, ge=1, le=256)
 
+    # How the frame loop's fixed-shape steps run: auto (CUDA graphs on a GPU, eager on CPU),
+    # off (also 0/false), graphs, inductor (torch.compile), inductor+graphs. Workers prepare
+    # every batch bucket at start, so no turn waits for a compilation.
+    compile: str = "auto"
+
     # Frames decoded and streamed together after the first (which goes out alone, at once):
     # 1 streams every 80 ms frame as it comes; more decodes faster for a little more latency.
     stream_chunk_frames: int = Field(default=4, ge=1, le=25)
@@ -92,6 +99,15 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_keys(cls, value: str) -> str:
         return ",".join(k.strip() for k in value.split(",") if k.strip())
+
+    @field_validator("compile")
+    @classmethod
+    def _known_compile_mode(cls, value: str) -> str:
+        value = value.strip().lower()
+        allowed = (*COMPILE_AUTO, *COMPILE_OFF, *COMPILE_MODES[1:])
+        if value not in allowed:
+            raise ValueError(f"unknown compile mode {value!r}; one of {', '.join(allowed)}")
+        return value
 
     @model_validator(mode="after")
     def _silence_keep_below_tail(self) -> Settings:

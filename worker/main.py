@@ -41,7 +41,13 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         return 2
     engine.warm_up()
     rt = WorkerRuntime.create(settings, engine, name=name)
-    log.info("worker %s serving %s on %s", rt.name, rt.model_label, engine.device)
+    log.info(
+        "worker %s serving %s on %s (compile: %s)",
+        rt.name,
+        rt.model_label,
+        engine.device,
+        engine.compile_mode,
+    )
     heartbeat = Heartbeat(
         rt,
         {
@@ -51,6 +57,7 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
             "device": engine.device,
             "pid": os.getpid(),
             "max_batch": engine.batcher.max_batch,
+            "compile": engine.compile_mode,
         },
     )
     heartbeat.start()

@@ -36,14 +36,12 @@ def hub_reachable() -> bool:
 
 def load_engine(settings: Settings) -> CsmEngine:
     if not settings.uses_default_model:
-        return CsmEngine.load(settings.model, device=settings.device, max_batch=settings.max_batch)
+        return _load(settings, settings.model)
     # The default may fall back. Without a reachable hub, take it from the local cache only:
     # transformers would otherwise retry an unreachable hub for minutes before failing.
     offline = not Path(settings.model).exists() and not hub_reachable()
     try:
-        return CsmEngine.load(
-            settings.model, device=settings.device, offline=offline, max_batch=settings.max_batch
-        )
+        return _load(settings, settings.model, offline=offline)
     except ModelLoadError as exc:
         reason = exc.message + (" (the hub is unreachable and it is not cached)" if offline else "")
     path = settings.tiny_model_dir
@@ -56,4 +54,14 @@ def load_engine(settings: Settings) -> CsmEngine:
     )
     if not (path / "config.json").exists():
         build_tiny_checkpoint(path)
-    return CsmEngine.load(str(path), device=settings.device, max_batch=settings.max_batch)
+    return _load(settings, str(path))
+
+
+def _load(settings: Settings, model: str, *, offline: bool = False) -> CsmEngine:
+    return CsmEngine.load(
+        model,
+        device=settings.device,
+        offline=offline,
+        max_batch=settings.max_batch,
+        compile=settings.compile,
+    )

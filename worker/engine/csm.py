@@ -23,6 +23,7 @@ from worker.engine.frame_loop import FrameLoop
 from worker.engine.generation import FrameStreamer, GenerationCancelled, generate_kwargs
 from worker.engine.hf import config_int, quiet_progress_bars
 from worker.engine.prompt import PromptBuilder
+from worker.engine.step_graphs import CompileMode, resolve_compile_mode
 from worker.engine.tiny import TINY_MARKER
 from worker.engine.types import ContextTurn, SamplingParams, bad_input
 
@@ -71,6 +72,7 @@ class CsmEngine:
         device: str,
         is_test_model: bool,
         max_batch: int = 8,
+        compile: CompileMode = "off",
     ) -> None:
         """Wrap an already loaded model; use :meth:`load` instead."""
         config = model.config
@@ -87,11 +89,18 @@ class CsmEngine:
         self._processor = processor
         self._prompt = PromptBuilder(processor.tokenizer, model, codebook_size=self.codebook_size)
         self._lock = threading.Lock()  # the reference path mutates generation configs
-        self._batcher = Batcher(FrameLoop(model, max_batch=max_batch))
+        self._loop = FrameLoop(model, max_batch=max_batch, compile=compile)
+        self._batcher = Batcher(self._loop)
 
     @classmethod
     def load(
-        cls, model: str, *, device: str = "auto", offline: bool = False, max_batch: int = 8
+        cls,
+        model: str,
+        *,
+        device: str = "auto",
+        offline: bool = False,
+        max_batch: int = 8,
+        compile: str = "auto",
     ) -> CsmEngine:
         """Load model and processor: bfloat16 on CUDA, float32 on CPU, in eval mode.
 
@@ -101,6 +110,9 @@ class CsmEngine:
             offline: Take a hub id from the local Hugging Face cache only (fails at once when
                 it is not there, instead of retrying an unreachable hub for minutes).
             max_batch: How many turns the frame loop runs together.
+            compile: How the frame loop's fixed-shape steps run: ``auto`` (CUDA graphs on
+                CUDA, eager on CPU), ``off``, ``inductor``, ``graphs`` or ``inductor+graphs``
+                (see ``worker.engine.step_graphs``). :meth:`warm_up` prepares them.
 
         Raises:
             ModelLoadError: The model or processor could not be loaded or is not a usable CSM.
@@ -116,6 +128,7 @@ class CsmEngine:
             )
         try:
             resolved = _resolve_device(device)
+            mode = resolve_compile_mode(compile, torch.device(resolved))
             dtype = torch.bfloat16 if resolved.startswith("cuda") else torch.float32
             source = str(local) if is_path else model
             with quiet_progress_bars():
@@ -140,6 +153,7 @@ class CsmEngine:
                 device=resolved,
                 is_test_model=is_path and (local / TINY_MARKER).is_file(),
                 max_batch=max_batch,
+                compile=mode,
             )
             engine._check_prompt_format()
         except ModelLoadError:
@@ -172,8 +186,15 @@ class CsmEngine:
                 f"(renders {rendered!r}, expected {expected!r})"
             )
 
+    @property
+    def compile_mode(self) -> CompileMode:
+        """How the frame loop's fixed-shape steps run (``off`` is eager)."""
+        return self._loop.compile_mode
+
     def warm_up(self) -> None:
-        """Run one tiny generate, decode and encode so the first real turn is not slow."""
+        """Compile or capture the frame loop's steps for every batch bucket (when compiling),
+        then run one tiny generate, decode and encode, so the first real turn is not slow."""
+        self._loop.warm_up()
         codes = self.generate([], 0, "Hello.", SamplingParams(temperature=0, max_frames=2))
         self.decode(codes)
         self.encode(np.zeros(self.frame_samples, dtype=np.float32))

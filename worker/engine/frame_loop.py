@@ -16,6 +16,10 @@ Turns join between frames (``admit`` prefills the new row alone) and leave betwe
 (``remove`` moves the last row into the hole). Per frame there is one host round trip: the new
 codes of every row, needed anyway to stream them and to see end frames.
 
+The backbone step and the depth pass run through a :class:`StepRunner`: eagerly (``compile``
+"off"), or padded to batch buckets and run compiled or replayed from CUDA graphs. Padded rows
+write their keys and values to a scratch slot past the real ones and their outputs are dropped.
+
 Sampling follows ``generate``'s processors (suppressed ids, temperature, top-k) per row; each row
 draws from its own ``torch.Generator`` (seeded by the turn's seed), so a turn's codes do not
 depend on which other turns share its batch. Greedy rows take the arg-max and equal ``generate``.
@@ -23,6 +27,7 @@ depend on which other turns share its batch. Greedy rows take the arg-max and eq
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,73 +36,16 @@ from torch import nn
 from transformers import CsmForConditionalGeneration
 
 from worker.engine.hf import cache_keyword, config_int
+from worker.engine.kv_slots import SlotCache
+from worker.engine.sampling import RowSampling, pick
+from worker.engine.step_graphs import (
+    CompileMode,
+    StepRunner,
+    batch_buckets,
+    bucket_for,
+    span_for,
+)
 from worker.engine.types import SamplingParams
-
-
-class _SlotCache:
-    """Per-layer key/value tensors ``(slots, kv_heads, length, head_dim)``, written in place.
-
-    Decoder layers call ``update(key, value, layer_idx)`` (the duck-typed part of transformers'
-    ``Cache`` that attention uses) and attend over what it returns. Before each forward the loop
-    says where the rows write: a block of consecutive positions shared by the rows in slots
-    ``first..first+B-1`` (``set_block``), or one position per row of slots ``0..B-1``
-    (``set_rows``).
-    """
-
-    def __init__(
-        self,
-        *,
-        layers: int,
-        slots: int,
-        kv_heads: int,
-        length: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        shape = (slots, kv_heads, length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self._rows: torch.Tensor | None = None
-        self._positions: torch.Tensor | None = None
-        self._span = 0
-        self._first = 0
-        self._start = 0
-
-    def set_block(self, first: int, start: int) -> None:
-        """Rows in slots ``first..`` write positions ``start..`` and attend up to their end."""
-        self._rows, self._first, self._start = None, first, start
-
-    def set_rows(self, rows: torch.Tensor, positions: torch.Tensor, span: int) -> None:
-        """Row ``i`` (slot ``rows[i]``) writes ``positions[i]``; all attend ``[0, span)``."""
-        self._rows, self._positions, self._span = rows, positions, span
-
-    def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_: Any, **__: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this forward's keys and values; return the span attention reads."""
-        k, v = self.keys[layer_idx], self.values[layer_idx]
-        b = key.shape[0]
-        if self._rows is None:
-            first, start, end = self._first, self._start, self._start + key.shape[2]
-            k[first : first + b, :, start:end] = key
-            v[first : first + b, :, start:end] = value
-            return k[first : first + b, :, :end], v[first : first + b, :, :end]
-        assert self._positions is not None
-        k[self._rows, :, self._positions] = key[:, :, 0]
-        v[self._rows, :, self._positions] = value[:, :, 0]
-        return k[:b, :, : self._span], v[:b, :, : self._span]
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy slot ``src``'s first ``length`` positions into slot ``dst`` (packing rows)."""
-        for k, v in zip(self.keys, self.values, strict=True):
-            k[dst, :, :length] = k[src, :, :length]
-            v[dst, :, :length] = v[src, :, :length]
-
-    def swap(self, a: int, b: int, length: int) -> None:
-        """Exchange the first ``length`` positions of slots ``a`` and ``b``."""
-        for t in (*self.keys, *self.values):
-            t[[a, b], :, :length] = t[[b, a], :, :length]
 
 
 @dataclass
@@ -123,19 +71,14 @@ class FrameResult:
     done: bool
 
 
-def _suppress_mask(ids: object, vocab: int, device: torch.device) -> torch.Tensor | None:
-    if not ids:
-        return None
-    mask = torch.zeros(vocab, dtype=torch.bool, device=device)
-    mask[torch.tensor(list(ids), dtype=torch.long, device=device)] = True  # type: ignore[call-overload]
-    return mask
-
-
 class FrameLoop:
     """Generates frames for up to ``max_batch`` turns at once; not thread-safe (one owner)."""
 
-    def __init__(self, model: CsmForConditionalGeneration, *, max_batch: int) -> None:
-        """Allocate caches and tables for ``max_batch`` rows of ``max_position_embeddings``."""
+    def __init__(
+        self, model: CsmForConditionalGeneration, *, max_batch: int, compile: CompileMode = "off"
+    ) -> None:
+        """Allocate caches and tables for ``max_batch`` rows of ``max_position_embeddings``;
+        ``compile`` says how the fixed-shape steps run (see ``worker.engine.step_graphs``)."""
         config: Any = model.config
         depth: Any = model.depth_decoder
         self._model = model
@@ -152,7 +95,11 @@ class FrameLoop:
         device, dtype = model.device, model.dtype
         self.device = device
         dconf: Any = depth.config
-        self._cache = self._new_cache(config, max_batch, self.max_positions, dtype, device)
+        self._steps = StepRunner(compile, device)
+        self._buckets = batch_buckets(max_batch)
+        self._scratch = max_batch  # the slot padded rows write to (allocated when padding)
+        slots = max_batch + 1 if self._steps.pads else max_batch
+        self._cache = self._new_cache(config, slots, self.max_positions, dtype, device)
         self._depth_cache = self._new_cache(dconf, max_batch, self.num_codebooks, dtype, device)
         with torch.no_grad():
             probe = torch.zeros(1, dtype=dtype, device=device)
@@ -165,15 +112,65 @@ class FrameLoop:
         self.rows: list[Row] = []
         self._row_index = torch.arange(max_batch, device=device)
         self._last = torch.zeros(max_batch, self.num_codebooks, dtype=torch.long, device=device)
-        self._params_cache: tuple[Any, ...] | None = None
+        # Each row's sampling noise for a frame, drawn in place from its own generator.
+        noise_shape = (max_batch, self.num_codebooks, self.vocab)
+        self._noise = torch.ones(noise_shape, device=device)
+        self._params_cache: RowSampling | None = None
+        # Ids never picked, from the generation configs (read again when the batch changes;
+        # updated in place, since captured graphs read these very tensors).
+        self._backbone_suppress = torch.zeros(self.vocab, dtype=torch.bool, device=device)
+        self._depth_suppress = torch.zeros(self.vocab, dtype=torch.bool, device=device)
+        self._suppressed: tuple[tuple[Any, ...], ...] | None = None
+        self._positions_table = torch.arange(self.max_positions, device=device)
+
+    @property
+    def compile_mode(self) -> CompileMode:
+        """How the fixed-shape steps run."""
+        return self._steps.mode
+
+    @torch.no_grad()
+    def warm_up(self, *, max_span: int | None = None, batches: Sequence[int] | None = None) -> int:
+        """Compile or capture the steps of every batch bucket (or of those holding
+        ``batches``) and span bucket up to ``max_span`` (default all) now, so no turn waits for
+        it; returns the number of shapes prepared. Touches only the scratch slot and the depth
+        cache, never a row's state. Eager: nothing to do."""
+        if not self._steps.pads or self.rows:
+            return 0
+        self._read_suppressed()
+        before = self._steps.captured
+        limit = min(max_span or self.max_positions, self.max_positions)
+        spans = sorted({span_for(s, self.max_positions) for s in range(1, limit + 1)})
+        buckets = (
+            self._buckets if batches is None else {bucket_for(b, self._buckets) for b in batches}
+        )
+        for n in sorted(buckets):
+            slots = torch.full((n,), self._scratch, device=self.device)
+            positions = torch.zeros(n, dtype=torch.long, device=self.device)
+            for span in spans:
+                keys = self._positions_table[:span]
+                self._steps.run(
+                    "backbone",
+                    self._backbone_pass,
+                    (n, span),
+                    self._last[:n],
+                    slots,
+                    positions,
+                    keys,
+                )
+            hidden, scores = self._backbone_pass(self._last[:n], slots, positions, keys)
+            for greedy in (True, False):
+                params = [] if greedy else [SamplingParams(temperature=1.0)]
+                sampling = RowSampling.of(params, vocab=self.vocab, rows=n, device=self.device)
+                self._run_depth(hidden, scores, sampling)
+        return self._steps.captured - before
 
     @staticmethod
     def _new_cache(
         config: Any, slots: int, length: int, dtype: torch.dtype, device: torch.device
-    ) -> _SlotCache:
+    ) -> SlotCache:
         heads = config_int(config.num_attention_heads, "num_attention_heads")
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return _SlotCache(
+        return SlotCache(
             layers=config_int(config.num_hidden_layers, "num_hidden_layers"),
             slots=slots,
             kv_heads=config_int(config.num_key_value_heads, "num_key_value_heads"),
@@ -297,29 +294,98 @@ class FrameLoop:
 
     def _backbone_step(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone position for rows ``0..b-1``, from each row's last frame."""
-        rows = self.rows[:b]
-        positions = torch.tensor([r.position for r in rows], device=self.device)
-        span = max(r.position for r in rows) + 1
+        positions_host = [r.position for r in self.rows[:b]]
+        span = max(positions_host) + 1
+        if self._steps.pads:
+            return self._padded_backbone_step(positions_host, span)
+        positions = torch.tensor(positions_host, device=self.device)
         self._cache.set_rows(self._row_index[:b], positions, span)
         embeds = self._backbone.embed_tokens(self._last[:b, None])  # (b, 1, hidden)
         cos, sin = self._cos[positions][:, None], self._sin[positions][:, None]
         mask = None
-        if b > 1 and any(r.position != span - 1 for r in rows):
+        if b > 1 and any(p != span - 1 for p in positions_host):
             keys = torch.arange(span, device=self.device)
             mask = (keys[None, :] <= positions[:, None])[:, None, None, :]
         hidden = self._layers(self._backbone, embeds, (cos, sin), mask, self._cache)[:, -1]
         return hidden, self._model.lm_head(hidden)
 
+    def _padded_backbone_step(
+        self, positions_host: list[int], span: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone step padded to a batch bucket and a span bucket, through the runner."""
+        b = len(positions_host)
+        n = bucket_for(b, self._buckets)
+        padded_span = span_for(span, self.max_positions)
+        pad = n - b
+        both = torch.tensor(  # one host-to-device copy for positions and slots
+            [positions_host + [0] * pad, list(range(b)) + [self._scratch] * pad],
+            device=self.device,
+        )
+        hidden, logits = self._steps.run(
+            "backbone",
+            self._backbone_pass,
+            (n, padded_span),
+            self._last[:n],
+            both[1],
+            both[0],
+            self._positions_table[:padded_span],
+        )
+        return hidden[:b], logits[:b]
+
+    def _backbone_pass(
+        self, last: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed-shape backbone step: row ``i`` embeds ``last[i]``, writes its keys and values at
+        ``positions[i]`` of slot ``slots[i]`` and attends ``keys`` (``0..span-1``) up to there."""
+        self._cache.set_rows(slots, positions, keys.shape[0])
+        embeds = self._backbone.embed_tokens(last[:, None])
+        cos, sin = self._cos[positions][:, None], self._sin[positions][:, None]
+        mask = (keys[None, :] <= positions[:, None])[:, None, None, :]
+        hidden = self._layers(self._backbone, embeds, (cos, sin), mask, self._cache)[:, -1]
+        return hidden, self._model.lm_head(hidden)
+
     def _depth_frame(self, hidden: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Every row's frame: the depth pass (below) on the backbone's output, padded to a
+        batch bucket when the runner pads."""
+        b = hidden.shape[0]
+        sampling = self._sampling()
+        if not sampling.all_greedy:
+            for i, row in enumerate(self.rows):
+                self._noise[i].exponential_(generator=row.generator)
+        if self._steps.pads:
+            pad = sampling.greedy.shape[0] - b
+            hidden = nn.functional.pad(hidden, (0, 0, 0, pad))
+            scores = nn.functional.pad(scores, (0, 0, 0, pad))
+        return self._run_depth(hidden, scores, sampling)[:b]
+
+    def _run_depth(
+        self, hidden: torch.Tensor, scores: torch.Tensor, sampling: RowSampling
+    ) -> torch.Tensor:
+        n = hidden.shape[0]
+        inputs = [hidden, scores, sampling.temperature, sampling.top_k, sampling.greedy]
+        if not sampling.all_greedy:
+            inputs.append(self._noise[:n])
+        return self._steps.run("depth", self._depth_pass, (n, sampling.all_greedy), *inputs)
+
+    def _depth_pass(
+        self,
+        hidden: torch.Tensor,
+        scores: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        greedy: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Codebook 0 from the backbone's scores, then the depth decoder's codebooks 1..n_q-1.
 
         Depth position 0 holds the backbone's last hidden state and position ``p >= 1`` the
         code of codebook ``p - 1`` (embedded with offset ``(p - 1) * vocab``); the output at
-        position ``p`` predicts codebook ``p`` through head ``p - 1``.
+        position ``p`` predicts codebook ``p`` through head ``p - 1``. ``noise`` is
+        ``(n, num_codebooks, vocab)`` (None: every row greedy).
         """
-        temperature, top_k, greedy, noise, backbone_suppress, depth_suppress = self._sampling()
         depth, cache = self._depth_model, self._depth_cache
-        codes = [self._pick(scores, 0, temperature, top_k, greedy, noise, backbone_suppress)]
+        rule = (temperature, top_k, greedy)
+        codes = [pick(scores, rule, _codebook(noise, 0), self._backbone_suppress)]
         x = torch.stack([hidden, depth.embed_tokens(codes[0])], dim=1)
         rope = (self._dcos[None, :2], self._dsin[None, :2])
         for p in range(1, self.num_codebooks):
@@ -329,7 +395,7 @@ class FrameLoop:
                 rope = (self._dcos[None, p : p + 1], self._dsin[None, p : p + 1])
             h = self._layers(depth, depth.inputs_embeds_projector(x), rope, None, cache)
             logits = nn.functional.linear(h[:, -1], self._depth_head[p - 1].T)
-            codes.append(self._pick(logits, p, temperature, top_k, greedy, noise, depth_suppress))
+            codes.append(pick(logits, rule, _codebook(noise, p), self._depth_suppress))
         return torch.stack(codes, dim=1)
 
     def _layers(
@@ -345,61 +411,32 @@ class FrameLoop:
             x = layer(x, attention_mask=mask, position_embeddings=rope, **kwargs)
         return stack.norm(x)
 
-    # ------------------------------------------------------------------ sampling
-
-    def _sampling(self) -> tuple[Any, ...]:
-        """Per-row sampling tensors and this frame's noise (drawn from each row's generator)."""
+    def _sampling(self) -> RowSampling:
+        """The rows' sampling settings (padded to the batch bucket when padding); kept until
+        the batch's membership or order changes."""
         if self._params_cache is None:
-            rows, device = self.rows, self.device
-            temperature = torch.tensor(
-                [1.0 if r.params.greedy else r.params.temperature for r in rows], device=device
+            self._read_suppressed()
+            b = len(self.rows)
+            rows = bucket_for(b, self._buckets) if self._steps.pads else b
+            params = [r.params for r in self.rows]
+            self._params_cache = RowSampling.of(
+                params, vocab=self.vocab, rows=rows, device=self.device
             )
-            top_k = torch.tensor(
-                [min(r.params.top_k or self.vocab, self.vocab) for r in rows], device=device
-            )
-            greedy = torch.tensor([r.params.greedy for r in rows], device=device)
-            backbone = _suppress_mask(
-                self._model.generation_config.suppress_tokens, self.vocab, device
-            )
-            depth = _suppress_mask(
-                self._model.depth_decoder.generation_config.suppress_tokens, self.vocab, device
-            )
-            all_greedy = all(r.params.greedy for r in rows)  # a host bool: no sync per frame
-            self._params_cache = (temperature[:, None], top_k, greedy, all_greedy, backbone, depth)
-        temperature, top_k, greedy, all_greedy, backbone, depth = self._params_cache
-        noise = None
-        if not all_greedy:
-            shape = (self.num_codebooks, self.vocab)
-            noise = torch.stack(
-                [
-                    torch.empty(shape, device=self.device).exponential_(generator=r.generator)
-                    for r in self.rows
-                ]
-            )
-        return temperature, top_k, greedy, noise, backbone, depth
+        return self._params_cache
 
-    def _pick(
-        self,
-        logits: torch.Tensor,
-        codebook: int,
-        temperature: torch.Tensor,
-        top_k: torch.Tensor,
-        greedy: torch.Tensor,
-        noise: torch.Tensor | None,
-        suppress: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """One code per row: arg-max for greedy rows, a top-k/temperature sample for the rest."""
-        scores = logits.float()
-        if suppress is not None:
-            scores = scores.masked_fill(suppress, float("-inf"))
-        best = scores.argmax(dim=-1)
-        if noise is None:
-            return best
-        scaled = scores / temperature
-        ranked = scaled.sort(dim=-1, descending=True).values
-        kth = ranked.gather(1, (top_k - 1)[:, None])
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        probs = torch.softmax(scaled, dim=-1)
-        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (as multinomial would).
-        sampled = (probs / noise[:, codebook]).argmax(dim=-1)
-        return torch.where(greedy, best, sampled)
+    def _read_suppressed(self) -> None:
+        configs = (self._model.generation_config, self._model.depth_decoder.generation_config)
+        ids = tuple(tuple(c.suppress_tokens or ()) for c in configs)
+        if ids == self._suppressed:
+            return
+        for mask, suppressed in zip(
+            (self._backbone_suppress, self._depth_suppress), ids, strict=True
+        ):
+            mask.zero_()
+            if suppressed:
+                mask[torch.tensor(suppressed, dtype=torch.long, device=self.device)] = True
+        self._suppressed = ids
+
+
+def _codebook(noise: torch.Tensor | None, p: int) -> torch.Tensor | None:
+    return None if noise is None else noise[:, p]
