@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from shared.errors import ModelLoadError
+from shared.errors import DeviceUnavailable, ModelLoadError
 from shared.settings import Settings
 from worker.celery_app import create_worker_app
 from worker.heartbeat import Heartbeat
@@ -36,7 +36,7 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         torch.set_num_threads(settings.worker_torch_threads)
     try:
         engine = load_engine(settings)
-    except ModelLoadError as exc:
+    except (DeviceUnavailable, ModelLoadError) as exc:
         log.error("worker cannot start: %s", exc.message)
         return 2
     engine.warm_up()
