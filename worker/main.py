@@ -16,6 +16,7 @@ from worker.celery_app import create_worker_app
 from worker.heartbeat import Heartbeat
 from worker.model_loading import load_engine
 from worker.runtime import WorkerRuntime
+from worker.thread_names import name_os_threads
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def route_library_logs() -> None:
 
 def run_worker(settings: Settings, *, name: str | None = None) -> int:
     route_library_logs()
+    name_os_threads()
     if settings.worker_torch_threads:
         import torch
 
