@@ -126,6 +126,10 @@ class CsmEngine:
                 )
             if not isinstance(processor, CsmProcessor):
                 raise TypeError(f"expected a CsmProcessor, got {type(processor).__name__}")
+            if resolved.startswith("cuda"):
+                # This thread's current device, so that nothing here opens a context on GPU 0
+                # (other threads' ops follow their tensors' device).
+                torch.cuda.set_device(torch.device(resolved))
             net.to(resolved)
             net.eval()
             if resolved == "cpu":
