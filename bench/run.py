@@ -3,7 +3,9 @@
 Engine (in this process): ms per frame of Parley's frame loop vs transformers' ``generate``;
 aggregate frames/s at several batch sizes; time to first audio for a 100-frame turn.
 Service (real ``parley api`` + ``parley worker`` over HTTP): queue overhead POST → running
-(p50, p99), time to first streamed audio, polling requests/s.
+(p50, p99), time to first streamed audio, polling requests/s; and N conversations at once
+against one worker with ``PARLEY_MAX_BATCH=16`` (frames/s and its ratio to N = 1, first audio
+p50/p99, the worker's CPU per frame by thread).
 
 On a machine without a GPU it runs on the tiny random checkpoint; ``--arch csm-1b --device cuda``
 runs the engine part on the full-size csm-1b architecture with random weights in bf16.
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bench import engine_bench, service_bench
+from bench import engine_bench, service_bench, service_concurrency
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +66,33 @@ def run_service(args: argparse.Namespace) -> dict[str, Any]:
         out["polling"] = service_bench.polling_rate(
             str(client.base_url), out["queue"].pop("last_job_id"), clients=4, seconds=5
         )
+    if args.concurrency:
+        out["concurrency"] = service_concurrency.measure(
+            sizes=args.concurrency, frames=100, rounds=args.concurrency_rounds, max_batch=16
+        )
     return out
+
+
+def _concurrency_rows(conc: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    first = next(iter(conc["sizes"]))
+    for n, row in conc["sizes"].items():
+        fa, cpu = row["first_audio_ms"], row["worker_cpu_ms_per_frame"]
+        split = (
+            f"{cpu['total']:.2f} = loop {cpu['frame_loop']:.2f} + turns "
+            f"{cpu['task_threads']:.2f} + rest {cpu['rest']:.2f}"
+            if cpu
+            else "n/a (no /proc)"
+        )
+        rows += [
+            (
+                f"HTTP, {n} turns at once, 1 worker: frames/s (x N={first})",
+                f"{row['frames_per_s']:.0f}  (x{row['vs_first_size']:.2f})",
+            ),
+            (f"  {n} at once: first audio p50 / p99 (ms)", f"{fa['p50']:.0f} / {fa['p99']:.0f}"),
+            (f"  {n} at once: worker CPU ms/frame", split),
+        ]
+    return rows
 
 
 def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -124,6 +152,8 @@ def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{svc['sidecar']['conversation_api_ms_p50']:.0f})",
             ),
         ]
+        if "concurrency" in svc:
+            rows += _concurrency_rows(svc["concurrency"])
     return rows
 
 
@@ -136,6 +166,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--turns", type=int, default=40, help="turns for queue overhead")
     parser.add_argument("--no-service", action="store_true", help="engine benchmarks only")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="*",
+        default=[1, 8, 16],
+        help="conversations at once against one worker (none: skip)",
+    )
+    parser.add_argument("--concurrency-rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     if args.device == "cpu":

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 from parley.keys import add_keys_parser, open_mode_refusal
 from parley.speak import add_client_parsers
 from parley.voices import add_voices_parser
+from shared.devices import count_visible_gpus, is_device, list_gpus, worker_devices
 from shared.logs import configure_logging
-from shared.settings import Settings
+from shared.settings import Settings, cuda_visible_devices
 
 log = logging.getLogger("parley")
 
@@ -53,10 +54,29 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
+    if args.device is not None:  # `parley up` gives each worker its own
+        settings = settings.model_copy(update={"device": args.device})
     return run_worker(settings)
+
+
+def device_arg(value: str) -> str:
+    if not is_device(value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:K, not {value!r}")
+    return value
+
+
+def up_worker_devices(settings: Settings, workers: int) -> list[str]:
+    """Each worker's device: round-robin over the GPUs the workers will see, unless
+    ``PARLEY_DEVICE`` names one device (``cpu``, ``cuda:K``). CUDA stays untouched here."""
+    if settings.device not in ("auto", "cuda") or workers == 0:
+        return [settings.device] * workers
+    gpus = count_visible_gpus(
+        cuda_visible_devices=cuda_visible_devices(), nvidia_smi_listing=list_gpus()
+    )
+    return worker_devices(settings.device, workers=workers, gpus=gpus)
 
 
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,8 +122,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             start_redis(port, workdir=Path(".parley/redis"), host=url.hostname or "127.0.0.1")
         )
     try:
-        for _ in range(args.workers):
-            children.append(subprocess.Popen([sys.executable, "-m", "parley", "worker"]))
+        devices = up_worker_devices(settings, args.workers)
+        if devices:
+            log.info("starting %d worker(s) on: %s", len(devices), ", ".join(devices))
+        for device in devices:
+            command = [sys.executable, "-m", "parley", "worker", "--device", device]
+            children.append(subprocess.Popen(command))
         return cmd_api(settings, args)
     finally:
         for child in reversed(children):
@@ -127,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     api.set_defaults(func=cmd_api)
-    sub.add_parser("worker", help="run one worker (loads the model once)").set_defaults(
-        func=cmd_worker
+    worker = sub.add_parser("worker", help="run one worker (loads the model once)")
+    worker.add_argument(
+        "--device", type=device_arg, help="cpu, cuda or cuda:K (default: PARLEY_DEVICE)"
     )
+    worker.set_defaults(func=cmd_worker)
     sub.add_parser(
         "flower", help="run Celery's Flower monitor on the broker (Flower's options follow)"
     ).set_defaults(func=cmd_flower)

@@ -75,3 +75,10 @@ class ModelLoadError(ParleyError):
     """A model could not be loaded: fatal at worker start."""
 
     code = "model_load_error"
+
+
+class DeviceUnavailable(ParleyError):
+    """The device a worker was given does not exist there: fatal at worker start (a setting to
+    fix, not a model to fall back from)."""
+
+    code = "device_unavailable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.compile_modes import COMPILE_AUTO, COMPILE_MODES, COMPILE_OFF
+from shared.devices import is_device
 
 DEFAULT_MODEL = "sesame/csm-1b"
 # Room for a multipart upload's boundaries and small fields around its audio file.
@@ -27,6 +29,7 @@ class Settings(BaseSettings):
     # Namespaces every Redis key and the Celery queue, so several stacks share one Redis.
     redis_prefix: str = "parley"
     model: str = DEFAULT_MODEL
+    # auto, cpu, cuda or cuda:K. Under `parley up`, auto and cuda put worker k on cuda:{k % GPUs}.
     device: str = "auto"
     # Comma separated bearer keys; empty means the server runs open.
     api_keys: str = ""
@@ -109,6 +112,13 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown compile mode {value!r}; one of {', '.join(allowed)}")
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not is_device(value):
+            raise ValueError(f"unknown device {value!r} (expected auto, cpu, cuda or cuda:K)")
+        return value
+
     @model_validator(mode="after")
     def _silence_keep_below_tail(self) -> Settings:
         if self.silence_keep_ms >= self.silence_tail_ms:
@@ -147,3 +157,9 @@ class Settings(BaseSettings):
     @property
     def uses_default_model(self) -> bool:
         return self.model == DEFAULT_MODEL
+
+
+def cuda_visible_devices() -> str | None:
+    """CUDA's own ``CUDA_VISIBLE_DEVICES`` (None when unset). Not a Parley setting: CUDA reads it
+    in each worker; ``parley up`` reads it to count the GPUs its workers will see."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -80,12 +80,18 @@ class Stack:
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs: list[Any] = []
 
-    def start_worker(self, *, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *, wait: bool = True, args: tuple[str, ...] = (), **env: str
+    ) -> subprocess.Popen[bytes]:
+        """``parley worker *args`` with the stack's settings and ``env`` on top."""
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115
         self._logs.append(log)
         full_env = {**os.environ, **self.env, **env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "parley", "worker"], env=full_env, stdout=log, stderr=log
+            [sys.executable, "-m", "parley", "worker", *args],
+            env=full_env,
+            stdout=log,
+            stderr=log,
         )
         self.workers.append(proc)
         if wait:

@@ -54,6 +54,8 @@ def test_parley_up_serves_a_turn_with_its_own_redis(tmp_path: Path, tiny_model_d
                         pass
                     time.sleep(0.2)
                 assert ready is not None, log.read_text()
+                # No GPU here: the worker was given `auto` and chose the CPU.
+                assert [w["device"] for w in ready["workers"]] == ["cpu"]
                 assert redis_answers(redis_url)  # the bundled server it started
                 cid = client.post("/v1/conversations", json={}).json()["id"]
                 turn = client.post(
@@ -74,3 +76,4 @@ def test_parley_up_serves_a_turn_with_its_own_redis(tmp_path: Path, tiny_model_d
     assert (tmp_path / "parley.db").exists()
     assert not redis_answers(redis_url)  # stopped with the stack
     assert "starting the bundled redis-server" in log.read_text()
+    assert "starting 1 worker(s) on: auto" in log.read_text()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 
-from shared.errors import ModelLoadError
+from shared.errors import DeviceUnavailable, ModelLoadError
 from shared.settings import Settings
 from worker.celery_app import create_worker_app
 from worker.heartbeat import Heartbeat
 from worker.model_loading import load_engine
 from worker.runtime import WorkerRuntime
+from worker.thread_names import name_os_threads
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,14 @@ def route_library_logs() -> None:
 
 def run_worker(settings: Settings, *, name: str | None = None) -> int:
     route_library_logs()
+    name_os_threads()
     if settings.worker_torch_threads:
         import torch
 
         torch.set_num_threads(settings.worker_torch_threads)
     try:
         engine = load_engine(settings)
-    except ModelLoadError as exc:
+    except (DeviceUnavailable, ModelLoadError) as exc:
         log.error("worker cannot start: %s", exc.message)
         return 2
     engine.warm_up()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, CsmForConditionalGeneration, CsmProcessor
 
+from shared.devices import check_device
 from shared.errors import EngineError, ModelLoadError
 from worker.engine.batcher import Batcher
 from worker.engine.codec_stream import StreamingDecoder
@@ -36,13 +37,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r} (expected 'auto', 'cpu' or 'cuda')")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for but is not available")
-    return device
+    """``cpu`` or ``cuda:K``; raises DeviceUnavailable for a GPU this process does not see."""
+    # device_count() asks NVML where it can and does not create a CUDA context.
+    return check_device(device, cuda_count=torch.cuda.device_count())
 
 
 class CsmEngine:
@@ -57,7 +54,7 @@ class CsmEngine:
         frame_samples: Audio samples per Mimi frame (1920, i.e. 12.5 frames per second).
         num_codebooks: Codes per frame.
         max_positions: The backbone's position budget (prompt plus generated frames).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"`` or ``"cuda:K"``.
     """
 
     sample_rate: int = 24000
@@ -106,7 +103,8 @@ class CsmEngine:
 
         Args:
             model: A hub id (``sesame/csm-1b``) or a local checkpoint folder.
-            device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            device: ``"auto"`` (the first GPU when there is one), ``"cpu"``, ``"cuda"`` (the
+                first GPU) or ``"cuda:K"``.
             offline: Take a hub id from the local Hugging Face cache only (fails at once when
                 it is not there, instead of retrying an unreachable hub for minutes).
             max_batch: How many turns the frame loop runs together.
@@ -115,6 +113,7 @@ class CsmEngine:
                 (see ``worker.engine.step_graphs``). :meth:`warm_up` prepares them.
 
         Raises:
+            DeviceUnavailable: ``device`` names no device this process sees.
             ModelLoadError: The model or processor could not be loaded or is not a usable CSM.
         """
         local = Path(model).expanduser()
@@ -126,8 +125,8 @@ class CsmEngine:
             raise ModelLoadError(
                 f"could not load CSM model {model!r}: no config.json in the folder"
             )
+        resolved = _resolve_device(device)  # before the try: a setting to fix, not a model error
         try:
-            resolved = _resolve_device(device)
             mode = resolve_compile_mode(compile, torch.device(resolved))
             dtype = torch.bfloat16 if resolved.startswith("cuda") else torch.float32
             source = str(local) if is_path else model
@@ -140,6 +139,10 @@ class CsmEngine:
                 )
             if not isinstance(processor, CsmProcessor):
                 raise TypeError(f"expected a CsmProcessor, got {type(processor).__name__}")
+            if resolved.startswith("cuda"):
+                # This thread's current device, so that nothing here opens a context on GPU 0
+                # (other threads' ops follow their tensors' device).
+                torch.cuda.set_device(torch.device(resolved))
             net.to(resolved)
             net.eval()
             if resolved == "cpu":

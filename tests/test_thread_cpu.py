@@ -1,0 +1,99 @@
+"""A worker's threads carry OS names (``worker.thread_names``), and ``bench.thread_cpu`` splits
+a process's CPU by them; ``make bench``'s concurrent-turns figures at a tiny size against a
+real ``parley api`` and ``parley worker``."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import service_bench, service_concurrency, thread_cpu
+from worker.thread_names import name_os_threads, os_thread_name
+
+
+@pytest.fixture
+def named_threads() -> Iterator[None]:
+    name_os_threads()
+    yield
+    threading.setprofile(None)  # type: ignore[arg-type]
+
+
+def test_os_names_fit_linux_and_keep_what_tells_threads_apart() -> None:
+    assert os_thread_name("parley-frames") == "parley-frames"
+    assert os_thread_name("ThreadPoolExecutor-0_12") == "pool-0_12"
+    assert os_thread_name("parley-heartbeat") == "parley-heartbea"  # 15 bytes
+
+
+def spin_then_wait(seconds: float, spun: threading.Event, leave: threading.Event) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    spun.set()
+    leave.wait()
+
+
+def start_named(names: list[str], seconds: float, leave: threading.Event) -> list[threading.Thread]:
+    """Threads that each burn ``seconds`` of CPU, then wait for ``leave``; returned once all have
+    burnt theirs."""
+    spun = [threading.Event() for _ in names]
+    threads = [
+        threading.Thread(target=spin_then_wait, args=(seconds, done, leave), name=name)
+        for name, done in zip(names, spun, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for done in spun:
+        assert done.wait(10)
+    return threads
+
+
+def test_a_live_threads_cpu_lands_in_its_part_by_name(named_threads: None) -> None:
+    before = thread_cpu.read(os.getpid())
+    leave = threading.Event()
+    threads = start_named(["parley-frames", "ThreadPoolExecutor-0_0"], 0.2, leave)
+    after = thread_cpu.read(os.getpid())
+    leave.set()
+    for t in threads:
+        t.join()
+    assert before is not None and after is not None
+    assert {"parley-frames", "pool-0_0"} <= {comm for comm, _ in after.threads.values()}
+    split = thread_cpu.split(before, after)
+    assert split["frame_loop"] >= 0.15 and split["task_threads"] >= 0.15
+    assert split["total"] >= split["frame_loop"] + split["task_threads"] and split["rest"] >= 0
+
+
+def test_an_ended_threads_cpu_stays_in_the_total_only(named_threads: None) -> None:
+    before = thread_cpu.read(os.getpid())
+    leave = threading.Event()
+    leave.set()
+    for t in start_named(["parley-frames"], 0.3, leave):
+        t.join()  # returns a moment before the OS thread is gone: wait for that too
+    deadline = time.monotonic() + 5
+    while (after := thread_cpu.read(os.getpid())) is not None and time.monotonic() < deadline:
+        if "parley-frames" not in {comm for comm, _ in after.threads.values()}:
+            break
+        time.sleep(0.01)
+    assert before is not None and after is not None
+    split = thread_cpu.split(before, after)
+    assert split["total"] >= 0.25 and split["rest"] == split["total"] and split["frame_loop"] == 0
+
+
+@pytest.mark.slow
+def test_concurrent_turns_through_one_worker(tiny_model_dir: Path) -> None:
+    env = {"PARLEY_MAX_BATCH": "4", "PARLEY_WORKER_TORCH_THREADS": "1"}
+    with service_bench.stack(str(tiny_model_dir), env) as (client, ready):
+        out = service_concurrency.concurrent_turns(
+            client, worker_pid=int(ready["workers"][0]["pid"]), sizes=[1, 3], frames=6, rounds=1
+        )
+    one, three = out["sizes"]["1"], out["sizes"]["3"]
+    assert one["frames"] == 6 and three["frames"] == 18 and one["vs_first_size"] == 1.0
+    assert three["first_audio_ms"]["n"] == 3
+    cpu = three["worker_cpu_ms_per_frame"]
+    assert cpu["frame_loop"] > 0 and cpu["task_threads"] > 0  # the worker named its threads
+    parts = cpu["frame_loop"] + cpu["task_threads"] + cpu["rest"]
+    assert parts == pytest.approx(cpu["total"], abs=1.0)
