@@ -155,7 +155,7 @@ def batch_throughput(
 
 
 def time_to_first_audio(engine: Any, *, frames: int, repeats: int) -> dict:
-    """Through ``CsmEngine.generate`` (batcher thread) with the streaming decoder: first decoded
+    """Through ``CsmEngine.generate`` (the batcher thread generates and decodes): first decoded
     frame vs the whole turn decoded, for one ``frames``-frame turn."""
     from worker.engine.csm import ContextTurn
 
@@ -166,12 +166,10 @@ def time_to_first_audio(engine: Any, *, frames: int, repeats: int) -> dict:
     ]
     firsts, totals = [], []
     for r in range(repeats):
-        decoder = engine.stream_decoder()
         t0 = time.perf_counter()
         first: list[float] = []
 
-        def on_frame(frame: np.ndarray, decoder: Any = decoder, first: list = first) -> bool:
-            decoder.push(frame[None])
+        def on_frame(frame: np.ndarray, audio: np.ndarray, first: list = first) -> bool:
             if not first:
                 first.append(time.perf_counter())
             return False

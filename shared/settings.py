@@ -78,10 +78,6 @@ class Settings(BaseSettings):
     # Turns of different conversations one worker runs together, frame by frame.
     max_batch: int = Field(default=8, ge=1, le=256)
 
-    # Frames decoded and streamed together after the first (which goes out alone, at once):
-    # 1 streams every 80 ms frame as it comes; more decodes faster for a little more latency.
-    stream_chunk_frames: int = Field(default=4, ge=1, le=25)
-
     # The silent-tail guard: a run of silent frames ends a turn, its tail cut to `keep`.
     silence_guard: bool = True
     silence_threshold_dbfs: float = Field(default=-60.0, le=0)

@@ -10,7 +10,9 @@ a full layer scale, where a wrong mask or ring entry costs far more than that).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from shared.errors import EngineError
 from tests.test_codec_stream import codec_variant, random_codes, snr_db
 from worker.engine.codec_batch import BatchedStreamingDecoder
 from worker.engine.codec_stream import StreamingDecoder
+from worker.engine.csm import CsmEngine, SamplingParams
 from worker.engine.tiny import CODEBOOK_SIZE
 
 MIN_SNR_DB = 100.0
@@ -234,3 +237,73 @@ def test_rejects_bad_codes(engine: Any, bad: np.ndarray, message: str) -> None:
     for key, codes in turns.items():
         audio = np.concatenate([first[key], *(r[key] for r in rest)])
         assert_close(audio, reference(codec, codes))
+
+
+# ---------------------------------------------------------------- through the engine's loop
+
+
+def test_the_engine_hands_each_turn_its_audio_with_its_frames(engine: Any) -> None:
+    """Concurrent turns through ``CsmEngine.generate``: each frame arrives with its samples,
+    which equal the turn's own streaming decode (one turn stops early, another joins late)."""
+    codec = engine._model.codec_model
+    turns = [
+        ([], 0, "The first of three turns.", 14, None),
+        ([], 1, "A second, stopped early.", 20, 5),
+        ([], 0, "And a third one.", 9, None),
+    ]
+    got: dict[int, tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]] = {}
+    occupancy: list[int] = []
+
+    def speak(i: int) -> None:
+        context, speaker, text, frames, stop = turns[i]
+        seen: list[np.ndarray] = []
+        heard: list[np.ndarray] = []
+
+        def on_frame(frame: np.ndarray, audio: np.ndarray) -> bool:
+            assert audio.dtype == np.float32 and audio.shape == (engine.frame_samples,)
+            seen.append(frame)
+            heard.append(audio)
+            occupancy.append(engine.batcher.active)
+            return stop is not None and len(seen) >= stop
+
+        params = SamplingParams(max_frames=frames, seed=i)
+        codes = engine.generate(context, speaker, text, params, on_frame=on_frame)
+        got[i] = (codes, seen, heard)
+
+    threads = [threading.Thread(target=speak, args=(i,)) for i in range(len(turns))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(got) == [0, 1, 2]
+    assert max(occupancy) > 1  # turns really shared decoder passes
+    for i, (codes, seen, heard) in got.items():
+        expected_frames = turns[i][4] or turns[i][3]
+        assert codes.shape == (expected_frames, engine.num_codebooks)
+        np.testing.assert_array_equal(np.stack(seen), codes)
+        assert_close(np.concatenate(heard), reference(codec, codes))
+    assert engine.batcher.active == 0
+
+
+def test_a_turn_whose_codes_cannot_be_decoded_fails_alone(tiny_model_dir: Path) -> None:
+    """Random weights draw the extra ids (>= codebook size) unless suppressed: such a turn fails
+    with invalid_input from the loop's decoder, and the loop goes on serving turns."""
+    eng = CsmEngine.load(str(tiny_model_dir), device="cpu")
+    config = eng._model.generation_config
+    kept = list(config.suppress_tokens)
+    config.suppress_tokens = [t for t in range(eng._model.config.vocab_size) if t != CODEBOOK_SIZE]
+    with pytest.raises(EngineError, match="lie in") as caught:
+        eng.generate([], 0, "x", SamplingParams(max_frames=3, seed=1))
+    assert caught.value.code == "invalid_input"
+    assert eng.batcher.active == 0
+    config.suppress_tokens = kept
+    heard: list[np.ndarray] = []
+    codes = eng.generate(
+        [],
+        0,
+        "x",
+        SamplingParams(max_frames=3, seed=1),
+        on_frame=lambda f, a: heard.append(a) or False,
+    )
+    assert codes.shape == (3, 4)
+    assert_close(np.concatenate(heard), reference(eng._model.codec_model, codes))
