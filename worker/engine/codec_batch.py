@@ -23,14 +23,15 @@ weight could still be NaN), and masks are per row.
 
 Exactness against ``StreamingDecoder``: one row alone is bit-exact (measured: the ring's masked
 entries weigh exactly 0 and add nothing here). Among other rows it is not bit-exact, because the
-batched matrix products (the convolutions' and the transformer's linear layers') are blocked by
-the BLAS (MKL/OpenBLAS on CPU, cuBLAS/cuDNN on CUDA) according to their shapes, so a row's sums
-are rounded in another order when the batch is larger; on the tiny checkpoint, 16 rows measure
-about 124 dB SNR against the per-turn decoder, max abs error ~1e-6 of the peak. A row's samples
-never depend on what its neighbours hold: with the same number of rows in the call, other
-neighbours give bit-identical samples (tests/test_codec_batch.py checks both). Frames of one
-call all have the same count; calls with more than ``max_chunk_frames`` frames are decoded in
-pieces of at most that many.
+decoder transformer's linear layers multiply ``n * steps`` rows at once, and the BLAS (MKL or
+OpenBLAS on CPU, cuBLAS on CUDA) blocks a product by its shape, so a row's sums are rounded in
+another order than with ``steps`` rows (on CUDA, cuDNN's convolutions may do the same; on CPU
+the convolutions are batch-invariant once NNPACK is off, see ``_decode``). On the tiny
+checkpoint, 16 rows measure 135-146 dB SNR per row against the per-turn decoder, max abs error
+~4e-7 of the peak. A row's samples never depend on what its neighbours hold or on its slot:
+with the same number of rows in the call they are bit-identical (tests/test_codec_batch.py
+checks both). Frames of one call all have the same count; calls with more than
+``max_chunk_frames`` frames are decoded in pieces of at most that many.
 """
 
 from __future__ import annotations
@@ -297,7 +298,9 @@ class BatchedStreamingDecoder:
         """Rows ``0..n-1`` decode ``stacked`` ``(n, k, n_q)``; returns ``(n, samples)`` float32."""
         codec = self._codec
         n = stacked.shape[0]
-        with torch.inference_mode():
+        # NNPACK (which PyTorch picks for CPU convolutions from 16 rows on) was ~8x slower than
+        # its default convolution on the tiny codec, and its sums depend on the batch: off here.
+        with torch.inference_mode(), torch.backends.nnpack.flags(enabled=False):
             ids = torch.from_numpy(stacked).to(codec.device).transpose(1, 2)  # (n, n_q, k)
             fresh = None
             if self._replicate and any(self._fresh[:n]):
