@@ -3,6 +3,8 @@
 - ms per frame: Parley's frame loop vs transformers' ``generate`` on the same model and prompt
   (greedy, so both make the same frames);
 - aggregate frames/s of the frame loop at several batch sizes (sampled turns of different seeds);
+- streaming Mimi decode of one new frame for ``rows`` turns: one batched pass
+  (``BatchedStreamingDecoder``) vs one ``StreamingDecoder.push`` per turn, interleaved;
 - time to first audio for a 100-frame turn through ``CsmEngine.generate`` with the streaming
   decoder, and its fraction of the whole turn.
 
@@ -25,6 +27,8 @@ import torch
 from transformers import CsmConfig, CsmForConditionalGeneration
 
 from bench import summary
+from worker.engine.codec_batch import BatchedStreamingDecoder
+from worker.engine.codec_stream import StreamingDecoder
 from worker.engine.frame_loop import FrameLoop
 from worker.engine.types import SamplingParams
 
@@ -154,8 +158,47 @@ def batch_throughput(
     return out
 
 
+@torch.no_grad()
+def batched_decode(model: CsmForConditionalGeneration, *, rows: int, calls: int) -> dict:
+    """ms to decode one new frame for each of ``rows`` turns: ``rows`` per-turn
+    ``StreamingDecoder.push`` calls vs one ``BatchedStreamingDecoder.decode``, side by side on
+    the same codes each call (after 5 warm-up calls), and the largest sample difference."""
+    codec: Any = model.codec_model
+    config: Any = model.config
+    device = model.device
+    rng = np.random.default_rng(0)
+    size, n_q = int(config.codec_config.codebook_size), int(config.num_codebooks)
+    singles = [StreamingDecoder(codec) for _ in range(rows)]
+    batched = BatchedStreamingDecoder(codec, max_rows=rows)
+    for i in range(rows):
+        batched.admit(i)
+    per_turn, one_pass, worst = [], [], 0.0
+    for call in range(calls + 5):
+        codes = {i: rng.integers(0, size, (1, n_q)) for i in range(rows)}
+        _sync(device)
+        t0 = time.perf_counter()
+        alone = [singles[i].push(codes[i]) for i in range(rows)]
+        _sync(device)
+        t1 = time.perf_counter()
+        together = batched.decode(codes)
+        _sync(device)
+        t2 = time.perf_counter()
+        worst = max(worst, *(float(np.abs(together[i] - alone[i]).max()) for i in range(rows)))
+        if call >= 5:
+            per_turn.append(1000 * (t1 - t0))
+            one_pass.append(1000 * (t2 - t1))
+    per_turn_ms, batched_ms = statistics.median(per_turn), statistics.median(one_pass)
+    return {
+        "rows": rows,
+        "per_turn_pushes_ms": per_turn_ms,
+        "batched_ms": batched_ms,
+        "per_turn_over_batched": per_turn_ms / batched_ms,
+        "max_abs_difference": worst,
+    }
+
+
 def time_to_first_audio(engine: Any, *, frames: int, repeats: int) -> dict:
-    """Through ``CsmEngine.generate`` (batcher thread) with the streaming decoder: first decoded
+    """Through ``CsmEngine.generate`` (the batcher thread generates and decodes): first decoded
     frame vs the whole turn decoded, for one ``frames``-frame turn."""
     from worker.engine.csm import ContextTurn
 
@@ -166,12 +209,10 @@ def time_to_first_audio(engine: Any, *, frames: int, repeats: int) -> dict:
     ]
     firsts, totals = [], []
     for r in range(repeats):
-        decoder = engine.stream_decoder()
         t0 = time.perf_counter()
         first: list[float] = []
 
-        def on_frame(frame: np.ndarray, decoder: Any = decoder, first: list = first) -> bool:
-            decoder.push(frame[None])
+        def on_frame(frame: np.ndarray, audio: np.ndarray, first: list = first) -> bool:
             if not first:
                 first.append(time.perf_counter())
             return False

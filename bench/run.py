@@ -1,7 +1,8 @@
 """``make bench``: Parley's benchmarks, every comparison measured side by side in one run.
 
 Engine (in this process): ms per frame of Parley's frame loop vs transformers' ``generate``;
-aggregate frames/s at several batch sizes; time to first audio for a 100-frame turn.
+aggregate frames/s at several batch sizes; batched vs per-turn streaming decode; time to first
+audio for a 100-frame turn.
 Service (real ``parley api`` + ``parley worker`` over HTTP): queue overhead POST → running
 (p50, p99), time to first streamed audio, polling requests/s; and N conversations at once
 against one worker with ``PARLEY_MAX_BATCH=16`` (frames/s and its ratio to N = 1, first audio
@@ -46,6 +47,7 @@ def run_engine(args: argparse.Namespace, tiny_dir: Path) -> dict[str, Any]:
         "batching": engine_bench.batch_throughput(
             model, sizes=args.batch, frames=args.frames, repeats=args.repeats
         ),
+        "decode": engine_bench.batched_decode(model, rows=max(args.batch), calls=args.frames),
     }
     del model
     if args.arch == "tiny":  # the streaming decoder needs a real processor and codec
@@ -113,6 +115,14 @@ def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{row['real_time_streams']:.1f})",
             )
         )
+    dec = eng["decode"]
+    rows.append(
+        (
+            f"decode 1 frame x {dec['rows']} turns: per-turn / batched (ms)",
+            f"{dec['per_turn_pushes_ms']:.1f} / {dec['batched_ms']:.1f}  "
+            f"(x{dec['per_turn_over_batched']:.1f})",
+        )
+    )
     if "first_audio" in eng:
         fa = eng["first_audio"]
         rows.append(

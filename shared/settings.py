@@ -88,10 +88,6 @@ class Settings(BaseSettings):
     # every batch bucket at start, so no turn waits for a compilation.
     compile: str = "auto"
 
-    # Frames decoded and streamed together after the first (which goes out alone, at once):
-    # 1 streams every 80 ms frame as it comes; more decodes faster for a little more latency.
-    stream_chunk_frames: int = Field(default=4, ge=1, le=25)
-
     # The silent-tail guard: a run of silent frames ends a turn, its tail cut to `keep`.
     silence_guard: bool = True
     silence_threshold_dbfs: float = Field(default=-60.0, le=0)

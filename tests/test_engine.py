@@ -244,8 +244,8 @@ def test_invalid_inputs(engine: CsmEngine) -> None:
 
 def _counting(
     stop_at: int, seen: list[int], frames: list[np.ndarray] | None = None
-) -> Callable[[np.ndarray], bool]:
-    def on_frame(frame: np.ndarray) -> bool:
+) -> Callable[[np.ndarray, np.ndarray], bool]:
+    def on_frame(frame: np.ndarray, audio: np.ndarray) -> bool:
         seen.append(len(seen) + 1)
         if frames is not None:
             frames.append(frame)
@@ -274,7 +274,7 @@ def test_on_frame_cancels_after_three_frames(
     )
     assert seen == [1, 2, 3, 4]
 
-    def boom(frame: np.ndarray) -> bool:
+    def boom(frame: np.ndarray, audio: np.ndarray) -> bool:
         raise KeyError("from the callback")
 
     with pytest.raises(KeyError, match="from the callback"):

@@ -144,7 +144,7 @@ def test_engine_batches_concurrent_callers_and_cancel_frees_the_slot(engine: Csm
         ctx, spk, text, n = TURNS[i]
         count = 0
 
-        def on_frame(frame: np.ndarray) -> bool:
+        def on_frame(frame: np.ndarray, audio: np.ndarray) -> bool:
             nonlocal count
             count += 1
             occupancy.append(engine.batcher.active)

@@ -1,10 +1,10 @@
 """A generated turn's frames on their way out, in the task's own thread.
 
-Each frame the frame loop makes is decoded once by the streaming decoder, judged by the
-silent-tail guard, and the frames the guard lets through are streamed to listeners (Redis
-Stream) and kept: the stored codes and audio are exactly what was streamed. The first frame is
-decoded and sent alone, at once (time to first audio); later frames go in chunks of
-``chunk_frames``, since one decoder call costs about the same for one frame as for several.
+Each frame comes from the engine with its audio (decoded once, in the frame loop's batched
+streaming pass), is judged by the silent-tail guard, and the frames the guard lets through are
+streamed to listeners (Redis Stream) and kept: the stored codes and audio are exactly what was
+streamed. Every frame goes out as it comes, in the same Redis round trip as the progress count
+and the cancel check.
 
 Redis is only the live view: when it fails mid-turn the turn goes on, because SQL will hold the
 result. Streaming stops for the rest of the turn (so what listeners got stays a prefix of the
@@ -24,7 +24,6 @@ from redis.exceptions import RedisError
 from shared import audio
 from shared.audio_stream import AudioStreamWriter
 from shared.keys import JOB_KEY_TTL_S
-from worker.engine.codec_stream import StreamingDecoder
 from worker.silence import SilenceGuard
 
 log = logging.getLogger(__name__)
@@ -45,21 +44,16 @@ class TurnAudio:
         *,
         redis: Redis,
         stream: AudioStreamWriter,
-        decoder: StreamingDecoder,
         guard: SilenceGuard | None,
         frames_key: str,
         cancel_key: str,
-        chunk_frames: int = 1,
     ) -> None:
         """Set up an empty turn; see the class docstring."""
         self._redis = redis
         self._stream = stream
-        self._decoder = decoder
         self.guard = guard
         self._frames_key = frames_key
         self._cancel_key = cancel_key
-        self._chunk = chunk_frames
-        self._pending: list[np.ndarray] = []
         self.generated = 0
         self.cancelled = False
         self._codes: list[np.ndarray] = []
@@ -70,18 +64,19 @@ class TurnAudio:
         self.pcm_bytes = 0  # PCM bytes the turn holds so far (what a full stream carries)
         self.first_audio_at: float | None = None  # perf_counter when audio first reached Redis
 
-    def on_frame(self, frame: np.ndarray) -> bool:
-        """Take one generated frame ``(num_codebooks,)``; True means stop generating."""
+    def on_frame(self, frame: np.ndarray, samples: np.ndarray) -> bool:
+        """Take one generated frame ``(num_codebooks,)`` and its float samples (the engine's
+        ``on_frame`` contract); True means stop generating."""
         self.generated += 1
-        self._pending.append(frame)
-        if self.generated == 1 or len(self._pending) >= self._chunk:
-            self._flush()
+        if self.guard is None or not self.guard.triggered:
+            # The samples listeners get (int16), as floats for the guard; exact both ways.
+            heard = audio.to_pcm16(samples).astype(np.float32) / audio.PCM16_FULL_SCALE
+            self._emit([(frame, heard)] if self.guard is None else self.guard.push(frame, heard))
         self.cancelled = self._publish(check_cancel=True)
         return self.cancelled or (self.guard is not None and self.guard.triggered)
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """Flush what is pending or held (at a natural end); the turn's codes and int16 samples."""
-        self._flush()
+        """Flush what the guard holds (at a natural end); the turn's codes and int16 samples."""
         if self.guard is not None:
             self._emit(self.guard.finish())
         self._publish(check_cancel=False)
@@ -117,25 +112,6 @@ class TurnAudio:
             self.streaming = False
             self._retry_at = time.monotonic() + REDIS_RETRY_S
             return False
-
-    def _flush(self) -> None:
-        """Decode the pending frames (once, together) and pass them through the guard."""
-        if not self._pending or (self.guard is not None and self.guard.triggered):
-            self._pending.clear()
-            return
-        frames = np.stack(self._pending)
-        self._pending.clear()
-        # The samples listeners get (int16), as floats for the guard; exact both ways.
-        pcm = audio.to_pcm16(self._decoder.push(frames))
-        heard = pcm.astype(np.float32) / audio.PCM16_FULL_SCALE
-        per_frame = heard.reshape(len(frames), -1)
-        for frame, samples in zip(frames, per_frame, strict=True):
-            if self.guard is None:
-                self._emit([(frame, samples)])
-                continue
-            self._emit(self.guard.push(frame, samples))
-            if self.guard.triggered:
-                break
 
     def _emit(self, frames: list[tuple[np.ndarray, np.ndarray]]) -> None:
         for codes, heard in frames:

@@ -190,11 +190,9 @@ def _generate(
         stream=AudioStreamWriter(
             rt.redis, rt.keys.job_audio(plan.job_id), maxlen=stream_maxlen(most_frames)
         ),
-        decoder=engine.stream_decoder(),
         guard=SilenceGuard.from_settings(rt.settings, frame_ms=audio.FRAME_MS),
         frames_key=rt.keys.job_frames(plan.job_id),
         cancel_key=rt.keys.job_cancel(plan.job_id),
-        chunk_frames=rt.settings.stream_chunk_frames,
     )
     sampling = SamplingParams(
         temperature=float(params.get("temperature", 0.9)),

@@ -1,9 +1,12 @@
 """Continuous batching: one thread runs every current turn together, frame by frame.
 
 Callers (the worker's task threads) ``submit`` a prompt and iterate their ``TurnHandle``: frames
-arrive as the loop makes them. Between frames the loop admits waiting turns into free slots and
-drops turns that ended, reached their length or were cancelled, so a slot frees at once. The loop
-thread does no I/O: decoding, streaming and storing happen in the caller's thread.
+and their audio arrive as the loop makes them. After each frame-loop step the thread decodes the
+new frame of every row in one batched streaming pass (``BatchedStreamingDecoder``), so a turn
+gets its frame with its samples. Between frames the loop admits waiting turns into free slots
+(and the decoder) and drops turns that ended, reached their length, were cancelled or failed, so
+a slot frees at once. The loop thread does model and decoder passes only, no I/O: streaming and
+storing happen in the caller's thread. The decoder belongs to this thread alone.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from shared.errors import EngineError
-from worker.engine.frame_loop import FrameLoop
+from worker.engine.codec_batch import BatchedStreamingDecoder
+from worker.engine.frame_loop import FrameLoop, FrameResult
 from worker.engine.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -27,7 +32,9 @@ _END = object()
 
 
 class TurnHandle:
-    """One submitted turn: iterate it for its frames ``(num_codebooks,)`` int64, in order.
+    """One submitted turn: iterate it for ``(frame, audio)`` pairs, in order: the frame's codes
+    ``(num_codebooks,)`` int64 and its ``frame_samples`` float32 samples, the continuation of the
+    turn's audio (the streaming decode of its frames so far).
 
     Iteration stops after the last frame (end frame or ``max_frames``), or soon after
     ``cancel()``. A failure in the loop is raised from the iteration as ``EngineError``.
@@ -44,14 +51,14 @@ class TurnHandle:
         """Ask the loop to drop this turn at the next frame boundary."""
         self.cancelled.set()
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while True:
             item = self._frames.get()
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
-            assert isinstance(item, np.ndarray)
+            assert isinstance(item, tuple)
             yield item
 
     def _put(self, item: object) -> None:
@@ -59,11 +66,18 @@ class TurnHandle:
 
 
 class Batcher:
-    """Owns a :class:`FrameLoop` and the thread that drives it."""
+    """Owns a :class:`FrameLoop`, a :class:`BatchedStreamingDecoder` and the thread that drives
+    them."""
 
-    def __init__(self, loop: FrameLoop) -> None:
-        """Wrap ``loop``; the thread starts with the first submission."""
+    def __init__(self, loop: FrameLoop, codec_model: Any) -> None:
+        """Wrap ``loop`` and decode with ``codec_model`` (the model's ``MimiModel``); the thread
+        starts with the first submission.
+
+        Raises:
+            EngineError: The codec cannot be streamed (see ``BatchedStreamingDecoder``).
+        """
         self._loop = loop
+        self._decoder = BatchedStreamingDecoder(codec_model, max_rows=loop.max_batch)
         self._waiting: deque[TurnHandle] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -103,8 +117,7 @@ class Batcher:
             for row in list(loop.rows):
                 assert isinstance(row.key, TurnHandle)
                 if row.key.cancelled.is_set():
-                    loop.remove(row.key)
-                    row.key._put(_END)
+                    self._drop(row.key, _END)
             for handle in joining:
                 self._admit(handle)
             if not loop.rows:
@@ -116,17 +129,52 @@ class Batcher:
                 log.exception("frame loop step failed")
                 error = EngineError(f"generation failed: {type(exc).__name__}: {exc}")
                 for row in list(loop.rows):
-                    loop.remove(row.key)
                     assert isinstance(row.key, TurnHandle)
-                    row.key._put(error)
+                    self._drop(row.key, error)
                 continue
-            for result in results:
-                owner = result.key
-                assert isinstance(owner, TurnHandle)
-                if result.frame is not None:
-                    owner._put(result.frame.numpy().astype(np.int64))
-                if result.done:
-                    owner._put(_END)
+            self._deliver(results)
+
+    def _deliver(self, results: list[FrameResult]) -> None:
+        """Decode every new frame in one pass; hand each turn its frame and samples (or its end,
+        or the error that ended it)."""
+        frames: dict[object, np.ndarray] = {}  # (1, num_codebooks) int64
+        for result in results:
+            owner = result.key
+            assert isinstance(owner, TurnHandle)
+            if result.frame is None:
+                continue
+            try:  # a row the codec cannot decode fails alone
+                codes = result.frame.numpy().astype(np.int64)[None]
+                frames[owner] = self._decoder.check_codes(codes)
+            except EngineError as exc:
+                self._drop(owner, exc)
+        audio: dict[object, np.ndarray] = {}
+        if frames:
+            try:
+                audio = self._decoder.decode(frames)
+            except Exception as exc:  # fail the turns of this pass, keep the thread alive
+                log.exception("batched streaming decode failed")
+                error = exc if isinstance(exc, EngineError) else EngineError(f"decoding: {exc!r}")
+                for key in frames:
+                    assert isinstance(key, TurnHandle)
+                    self._drop(key, error)
+                return
+        for result in results:
+            owner = result.key
+            assert isinstance(owner, TurnHandle)
+            if result.frame is not None:
+                if owner not in frames:
+                    continue  # failed above
+                owner._put((frames[owner][0], audio[owner]))
+            if result.done:
+                self._decoder.remove(owner)
+                owner._put(_END)
+
+    def _drop(self, handle: TurnHandle, item: object) -> None:
+        """Take ``handle`` out of the loop and the decoder; ``item`` (end or error) ends it."""
+        self._loop.remove(handle)
+        self._decoder.remove(handle)
+        handle._put(item)
 
     def _admit(self, handle: TurnHandle) -> None:
         if handle.cancelled.is_set():
@@ -134,6 +182,7 @@ class Batcher:
             return
         try:
             self._loop.admit(handle, handle.inputs_embeds, handle.params)
+            self._decoder.admit(handle)
         except Exception as exc:
             log.exception("could not admit a turn")
-            handle._put(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
+            self._drop(handle, EngineError(f"generation failed: {type(exc).__name__}: {exc}"))

@@ -43,7 +43,7 @@ from shared.errors import EngineError
 from worker.engine.hf import cache_keyword
 from worker.engine.types import bad_input
 
-__all__ = ["StreamingDecoder"]
+__all__ = ["StreamingDecoder", "check_codes", "streamable_parts"]
 
 _PAD_MODES = ("constant", "replicate")  # "reflect" would read samples from the future
 
@@ -99,6 +99,37 @@ def _check_layer(layer: nn.Module) -> None:
         raise EngineError(f"streaming does not support decoder layer {type(layer).__name__}")
 
 
+def streamable_parts(codec_model: Any) -> tuple[MimiConvTranspose1d | None, Any, Any]:
+    """``(upsample, decoder_transformer, seanet_decoder)`` of a codec whose decoder can stream.
+
+    Raises:
+        EngineError: The codec's decoder is not causal, pads with a mode other than
+            "constant" or "replicate", or has a layer that cannot be streamed.
+    """
+    upsample, transformer, seanet = _decoder_parts(codec_model)
+    for layer in [upsample, *seanet.layers]:
+        if layer is not None:
+            _check_layer(layer)
+    return upsample, transformer, seanet
+
+
+def check_codes(codes: np.ndarray, *, num_codebooks: int, codebook_size: int) -> np.ndarray:
+    """``codes`` as int64 ``(k >= 1, num_codebooks)`` in ``[0, codebook_size)``.
+
+    Raises:
+        EngineError: Wrong shape, dtype or code range (code ``invalid_input``).
+    """
+    arr = np.asarray(codes)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != num_codebooks:
+        raise bad_input(f"codes must have shape (k >= 1, {num_codebooks}), got {tuple(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise bad_input(f"codes must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.min() < 0 or arr.max() >= codebook_size:
+        raise bad_input(f"codes must lie in [0, {codebook_size})")
+    return arr
+
+
 class StreamingDecoder:
     """Decode Mimi codes incrementally: each frame is decoded once, with state kept.
 
@@ -133,10 +164,7 @@ class StreamingDecoder:
         """
         config = codec_model.config
         self._codec = codec_model
-        self._upsample, self._transformer, self._seanet = _decoder_parts(codec_model)
-        for layer in [self._upsample, *self._seanet.layers]:
-            if layer is not None:
-                _check_layer(layer)
+        self._upsample, self._transformer, self._seanet = streamable_parts(codec_model)
         self.num_codebooks = int(config.num_quantizers)
         self.codebook_size = int(config.codebook_size)
         self.frame_samples = int(round(config.sampling_rate / config.frame_rate))
@@ -193,17 +221,9 @@ class StreamingDecoder:
         return np.ascontiguousarray(audio, dtype=np.float32)
 
     def _check_codes(self, codes: np.ndarray) -> np.ndarray:
-        arr = np.asarray(codes)
-        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != self.num_codebooks:
-            raise bad_input(
-                f"codes must have shape (k >= 1, {self.num_codebooks}), got {tuple(arr.shape)}"
-            )
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise bad_input(f"codes must be integers, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64, copy=False)
-        if arr.min() < 0 or arr.max() >= self.codebook_size:
-            raise bad_input(f"codes must lie in [0, {self.codebook_size})")
-        return arr
+        return check_codes(
+            codes, num_codebooks=self.num_codebooks, codebook_size=self.codebook_size
+        )
 
     def _transformer_step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Run the decoder transformer on new latent steps ``(1, C, n)`` with the KV cache."""

@@ -26,9 +26,9 @@ from worker.engine.hf import config_int, quiet_progress_bars
 from worker.engine.prompt import PromptBuilder
 from worker.engine.step_graphs import CompileMode, resolve_compile_mode
 from worker.engine.tiny import TINY_MARKER
-from worker.engine.types import ContextTurn, SamplingParams, bad_input
+from worker.engine.types import ContextTurn, OnFrame, SamplingParams, bad_input
 
-__all__ = ["ContextTurn", "CsmEngine", "SamplingParams"]
+__all__ = ["ContextTurn", "CsmEngine", "OnFrame", "SamplingParams"]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -87,7 +87,7 @@ class CsmEngine:
         self._prompt = PromptBuilder(processor.tokenizer, model, codebook_size=self.codebook_size)
         self._lock = threading.Lock()  # the reference path mutates generation configs
         self._loop = FrameLoop(model, max_batch=max_batch, compile=compile)
-        self._batcher = Batcher(self._loop)
+        self._batcher = Batcher(self._loop, model.codec_model)
 
     @classmethod
     def load(
@@ -276,7 +276,7 @@ class CsmEngine:
         text: str,
         params: SamplingParams,
         *,
-        on_frame: Callable[[np.ndarray], bool] | None = None,
+        on_frame: OnFrame | None = None,
     ) -> np.ndarray:
         """Generate the codes of ``speaker`` saying ``text`` after ``context``.
 
@@ -284,16 +284,19 @@ class CsmEngine:
         equivalent to transformers' raw-audio path. The turn runs in the engine's frame loop,
         batched with whatever other turns are running (its codes do not depend on them).
         Generation ends at the end frame, after ``params.max_frames`` frames, or when
-        ``on_frame`` returns True. Safe to call from many threads at once.
+        ``on_frame`` returns True. Each frame is decoded once, in the frame loop's thread, in one
+        batched streaming pass with the other turns' frames (the samples equal a per-turn
+        ``StreamingDecoder``'s to float32 round-off). Safe to call from many threads at once.
 
         Args:
             context: Earlier turns, oldest first.
             speaker: Speaker id of the new turn.
             text: Text of the new turn.
             params: Sampling settings (temperature 0 = greedy; ``seed`` for reproducibility).
-            on_frame: Called in the caller's thread with each new frame's codes
-                ``(num_codebooks,)`` int64 (never the end frame); return True to stop early.
-                An exception it raises propagates unchanged.
+            on_frame: Called in the caller's thread as ``on_frame(frame, audio)`` with each new
+                frame's codes ``(num_codebooks,)`` int64 (never the end frame) and its
+                ``frame_samples`` float32 samples, the continuation of the turn's audio;
+                return True to stop early. An exception it raises propagates unchanged.
 
         Returns:
             Codes ``(frames, num_codebooks)`` int64, without the end frame.
@@ -313,9 +316,9 @@ class CsmEngine:
         handle = self._batcher.submit(inputs_embeds, params)
         frames: list[np.ndarray] = []
         try:
-            for frame in handle:
+            for frame, audio in handle:
                 frames.append(frame)
-                if on_frame is not None and on_frame(frame):
+                if on_frame is not None and on_frame(frame, audio):
                     break
         finally:
             handle.cancel()  # a no-op once the turn is done; frees the slot otherwise
@@ -343,19 +346,21 @@ class CsmEngine:
         text: str,
         params: SamplingParams,
         *,
-        on_frame: Callable[[np.ndarray], bool] | None = None,
+        on_frame: OnFrame | None = None,
     ) -> np.ndarray:
         """:meth:`generate` through transformers' own ``generate``, one turn at a time.
 
         The reference the frame loop is checked against: the same prompt and arguments, the
         same codes when greedy. Sampling draws differ (``generate`` uses the global torch RNG,
-        seeded with ``params.seed``). ``on_frame`` is called in this thread.
+        seeded with ``params.seed``). ``on_frame`` is called in this thread, with each frame's
+        audio from a per-turn ``StreamingDecoder``.
         """
         self._check_params(params)
         with self._lock:
             ids, context_codes = self._prompt.token_ids(context, speaker, text)  # validates
             self._check_budget(len(ids), params.max_frames)
-            streamer = FrameStreamer(self.num_codebooks, self._prompt.codebook_eos_id, on_frame)
+            eos = self._prompt.codebook_eos_id
+            streamer = FrameStreamer(self.num_codebooks, eos, self._with_audio(on_frame))
             try:
                 inputs_embeds, attention_mask = self._prompt.embed_ids(ids, context_codes)
                 if params.seed is not None:
@@ -377,6 +382,13 @@ class CsmEngine:
             if codes.shape[0] and streamer.ended:
                 codes = codes[:-1]
             return codes.cpu().numpy().astype(np.int64)
+
+    def _with_audio(self, on_frame: OnFrame | None) -> Callable[[np.ndarray], bool] | None:
+        """``on_frame`` fed each frame's audio from a fresh per-turn streaming decoder."""
+        if on_frame is None:
+            return None
+        decoder = self.stream_decoder()
+        return lambda frame: on_frame(frame, decoder.push(frame[None]))
 
     def _frames_to_numpy(self, frames: list[torch.Tensor]) -> np.ndarray:
         if not frames:

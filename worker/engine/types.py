@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from shared.errors import EngineError
+
+OnFrame = Callable[[np.ndarray, np.ndarray], bool]
+"""A generated turn's callback: ``on_frame(frame, audio)`` with the frame's codes
+``(num_codebooks,)`` int64 and its decoded samples (``frame_samples`` float32, the continuation
+of the turn's audio); it returns True to stop generating."""
 
 
 def bad_input(message: str, *, code: str = "invalid_input") -> EngineError:
