@@ -23,6 +23,7 @@ import datetime
 import json
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ import torch
 import transformers
 
 from bench import engine_bench
+from worker.engine.batcher import Batcher
+from worker.engine.codec_batch import BatchedStreamingDecoder
 from worker.engine.codec_stream import StreamingDecoder
 from worker.engine.frame_loop import FrameLoop
 from worker.engine.types import SamplingParams
@@ -94,7 +97,14 @@ def decode_cost(model: Any, *, repeats: int) -> dict[str, float]:
 
 @torch.no_grad()
 def batch_table(
-    model: Any, loop: FrameLoop, *, sizes: list[int], frames: int, repeats: int, push_ms: float
+    model: Any,
+    loop: FrameLoop,
+    *,
+    sizes: list[int],
+    frames: int,
+    repeats: int,
+    push_ms: float,
+    batched_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Per batch size: ms per step (model), frames/s, and with per-turn decode added."""
     device = model.device
@@ -123,6 +133,12 @@ def batch_table(
             "with_decode_real_time_streams": fps_decode / (1000 / FRAME_MS),
             "peak_gib": peak,
         }
+        if batched_ms and str(b) in batched_ms:  # one batched decode pass per step instead
+            step_decode_ms = step_ms + batched_ms[str(b)]
+            table[str(b)]["with_batched_decode_step_ms"] = step_decode_ms
+            table[str(b)]["with_batched_decode_real_time_streams"] = (
+                b * 1000 / step_decode_ms / (1000 / FRAME_MS)
+            )
     return table
 
 
@@ -194,6 +210,81 @@ def generate_reference(model: Any, *, frames: int, repeats: int) -> dict[str, An
     }
 
 
+@torch.no_grad()
+def batched_decode_ms(model: Any, *, sizes: list[int], calls: int) -> dict[str, float]:
+    """ms of one ``BatchedStreamingDecoder`` pass decoding one new frame for each of ``b`` rows."""
+    device = model.device
+    rng = np.random.default_rng(0)
+    size, n_q = int(model.config.codec_config.codebook_size), int(model.config.num_codebooks)
+    out = {}
+    for b in sizes:
+        decoder = BatchedStreamingDecoder(model.codec_model, max_rows=b)
+        for i in range(b):
+            decoder.admit(i)
+        samples = []
+        for call in range(calls + 3):
+            codes = {i: rng.integers(0, size, (1, n_q)) for i in range(b)}
+            _sync(device)
+            t0 = time.perf_counter()
+            decoder.decode(codes)
+            _sync(device)
+            if call >= 3:
+                samples.append(1000 * (time.perf_counter() - t0))
+        out[str(b)] = statistics.median(samples)
+    return out
+
+
+def _read_turn(handle: Any, began: float, reads: list[tuple[float, int]], i: int) -> None:
+    """Read one turn's frames as a task thread would: (ms to first audio, samples) at ``i``."""
+    first, samples = 0.0, 0
+    for _frame, audio in handle:
+        if not samples:
+            first = 1000 * (time.perf_counter() - began)
+        samples += audio.shape[0]
+    reads[i] = (first, samples)
+
+
+def batcher_throughput(model: Any, mode: str, *, sizes: list[int], frames: int) -> dict[str, Any]:
+    """What a worker's engine gives: ``n`` sampled turns submitted at once to the real
+    ``Batcher`` (frame loop plus batched decode in its thread), each read by its own thread as
+    a task thread would. Aggregate frames/s (audio decoded), and first audio per turn."""
+    loop = FrameLoop(model, max_batch=max(sizes), compile=mode)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    loop.warm_up(max_span=512)
+    warm_s = time.perf_counter() - t0
+    batcher = Batcher(loop, model.codec_model)
+    out: dict[str, Any] = {"warm_up_s": warm_s}
+    for n in [sizes[0], *sizes]:  # the first round warms the decoder's shapes
+        embeds = [engine_bench.prompt_embeds(model, 200 - 3 * (i % 40), seed=i) for i in range(n)]
+        reads: list[tuple[float, int]] = [(0.0, 0)] * n
+        began = time.perf_counter()
+        handles = [
+            batcher.submit(e, SamplingParams(0.9, 50, frames, i)) for i, e in enumerate(embeds)
+        ]
+        threads = [
+            threading.Thread(target=_read_turn, args=(h, began, reads, i))
+            for i, h in enumerate(handles)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - began
+        firsts = [first for first, _ in reads]
+        made = sum(count for _, count in reads) / 1920
+        out[str(n)] = {
+            "frames_per_s": made / wall,
+            "real_time_streams": made / wall / (1000 / FRAME_MS),
+            "first_audio_ms_p50": statistics.median(firsts),
+            "first_audio_ms_max": max(firsts),
+            "wall_s": wall,
+        }
+    base = out[str(sizes[0])]["frames_per_s"]
+    for n in sizes:
+        out[str(n)]["vs_first"] = out[str(n)]["frames_per_s"] / base
+    return out
+
+
 def _write(result: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))  # after every part: a killed run keeps its figures
@@ -208,7 +299,9 @@ def batch1(model: Any, loop: FrameLoop, *, frames: int, repeats: int, ref: np.nd
     loop.admit("check", embeds, params)
     while loop.rows:
         got += [r.frame.numpy() for r in loop.step() if r.frame is not None]
-    same = len(got) == len(ref) and bool(np.array_equal(np.array(got), ref))
+    same = None  # no reference run (--no-generate)
+    if len(ref):
+        same = len(got) == len(ref) and bool(np.array_equal(np.array(got), ref))
     ms = _median_ms(lambda: engine_bench.run_loop(loop, [(embeds, params)]), repeats, model.device)
     return {
         "ms_per_frame": ms / frames,
@@ -244,7 +337,13 @@ def run_mode(
         out,
         "batching",
         lambda: batch_table(
-            model, loop, sizes=sizes, frames=args.frames, repeats=args.repeats, push_ms=push_ms
+            model,
+            loop,
+            sizes=sizes,
+            frames=args.frames,
+            repeats=args.repeats,
+            push_ms=push_ms,
+            batched_ms=result.get("batched_decode"),
         ),
     )
     _section(
@@ -278,6 +377,11 @@ def main() -> int:
         default=[1, 64],
         help="batch sizes for inductor modes (each compiles for minutes)",
     )
+    parser.add_argument(
+        "--engine-modes", nargs="+", default=["graphs"], help="modes for the Batcher figures"
+    )
+    parser.add_argument("--engine-batch", type=int, nargs="+", default=[1, 16, 64, 128])
+    parser.add_argument("--no-generate", action="store_true", help="skip transformers' generate")
     parser.add_argument("--max-span", type=int, default=512, help="span buckets warmed")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu-latest.json")
     args = parser.parse_args()
@@ -309,13 +413,15 @@ def main() -> int:
     }
     print(json.dumps(result), flush=True)
     # transformers' generate, batch 1, greedy: the reference codes and time
-    _section(
-        result,
-        "generate",
-        lambda: generate_reference(model, frames=args.frames, repeats=args.repeats),
-    )
-    ref = np.array(result["generate"].pop("codes", []))
+    if not args.no_generate:
+        _section(
+            result,
+            "generate",
+            lambda: generate_reference(model, frames=args.frames, repeats=args.repeats),
+        )
+    ref = np.array(result.get("generate", {}).pop("codes", []))
     _section(result, "decode", lambda: decode_cost(model, repeats=args.repeats))
+    _section(result, "batched_decode", lambda: batched_decode_ms(model, sizes=args.batch, calls=10))
     for mode in args.modes:
         status: dict[str, Any] = {}
         _section(status, mode, lambda mode=mode: run_mode(model, mode, args, result, ref))
@@ -323,6 +429,14 @@ def main() -> int:
             result.setdefault("modes", {}).setdefault(mode, {})["error"] = status[mode]["error"]
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    for mode in args.engine_modes:
+        _section(
+            result,
+            f"engine {mode}",
+            lambda mode=mode: batcher_throughput(
+                model, mode, sizes=args.engine_batch, frames=args.frames
+            ),
+        )
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
     result["seconds"] = time.perf_counter() - began
