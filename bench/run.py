@@ -80,12 +80,18 @@ def _concurrency_rows(conc: dict[str, Any]) -> list[tuple[str, str]]:
     first = next(iter(conc["sizes"]))
     for n, row in conc["sizes"].items():
         fa, cpu = row["first_audio_ms"], row["worker_cpu_ms_per_frame"]
-        split = (
-            f"{cpu['total']:.2f} = loop {cpu['frame_loop']:.2f} + turns "
-            f"{cpu['task_threads']:.2f} + rest {cpu['rest']:.2f}"
-            if cpu
-            else "n/a (no /proc)"
-        )
+        split = "n/a (no /proc)"
+        if cpu:
+            loop = f"loop {cpu['frame_loop']:.2f}"
+            if "model" in cpu:
+                loop += (
+                    f" (model {cpu['model']:.2f}, decode {cpu['decode']:.2f}, "
+                    f"other {cpu['loop_other']:.2f})"
+                )
+            split = (
+                f"{cpu['total']:.2f} = {loop} + turns {cpu['task_threads']:.2f} "
+                f"+ rest {cpu['rest']:.2f}"
+            )
         rows += [
             (
                 f"HTTP, {n} turns at once, 1 worker: frames/s (x N={first})",

@@ -95,6 +95,7 @@ def _round(
     for t in threads:
         t.start()
     cpu_before = thread_cpu.read(worker_pid)
+    busy_before = _engine_busy(client)
     start.wait()
     for t in threads:
         t.join()
@@ -104,7 +105,29 @@ def _round(
     _wait_succeeded(client, [t.job_id for t in turns])
     cpu_after = thread_cpu.read(worker_pid)
     cpu = thread_cpu.split(cpu_before, cpu_after) if cpu_before and cpu_after else None
+    if cpu is not None:
+        cpu.update(_split_loop(cpu["frame_loop"], busy_before, _engine_busy(client)))
     return turns, cpu
+
+
+def _engine_busy(client: httpx.Client) -> dict[str, float]:
+    """The worker's ``engine_busy_s`` (its frame-loop thread's wall seconds by kind), from its
+    heartbeat in /readyz; beaten whenever a job is taken or let go, so current between rounds."""
+    workers = client.get("/readyz").json().get("workers") or [{}]
+    return dict(workers[0].get("engine_busy_s") or {})
+
+
+def _split_loop(
+    loop_cpu_s: float, before: dict[str, float], after: dict[str, float]
+) -> dict[str, float]:
+    """The frame-loop thread's CPU cut by where its wall time went: ``model`` (prefill and
+    steps), ``decode`` (batched Mimi decode) and ``loop_other`` (handing frames out)."""
+    spent = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("model", "decode", "loop")}
+    if spent["loop"] <= 0:
+        return {}
+    model = loop_cpu_s * min(1.0, spent["model"] / spent["loop"])
+    decode = loop_cpu_s * min(1.0, spent["decode"] / spent["loop"])
+    return {"model": model, "decode": decode, "loop_other": max(0.0, loop_cpu_s - model - decode)}
 
 
 def concurrent_turns(
@@ -141,10 +164,12 @@ def concurrent_turns(
     return {"frames_per_turn": frames, "rounds": rounds, "sizes": out}
 
 
-def measure(*, sizes: list[int], frames: int, rounds: int, max_batch: int) -> dict:
+def measure(
+    *, sizes: list[int], frames: int, rounds: int, max_batch: int, extra_env: dict | None = None
+) -> dict:
     """:func:`concurrent_turns` on a stack of its own: the tiny checkpoint, one worker with
     ``PARLEY_MAX_BATCH=max_batch``."""
-    with stack(None, {"PARLEY_MAX_BATCH": str(max_batch)}) as (client, ready):
+    with stack(None, {"PARLEY_MAX_BATCH": str(max_batch), **(extra_env or {})}) as (client, ready):
         pid = int(ready["workers"][0]["pid"])
         out = concurrent_turns(client, worker_pid=pid, sizes=sizes, frames=frames, rounds=rounds)
     return {**out, "max_batch": max_batch}

@@ -78,6 +78,39 @@ def test_batched_turns_equal_each_turn_alone(engine: CsmEngine) -> None:
     assert not loop.rows and loop.free_slots == 4
 
 
+def test_turns_prefilled_together_equal_each_turn_alone(engine: CsmEngine) -> None:
+    """One prefill pass for prompts of different lengths (right-padded) gives every turn the
+    codes it gets alone, greedy and sampled, and joins them beside a row already running."""
+    loop = FrameLoop(engine._model, max_batch=5)
+    items = [
+        (f"t{i}", _embeds(engine, ctx, spk, text), SamplingParams(0, 0, n))
+        for i, (ctx, spk, text, n) in enumerate(TURNS)
+    ]
+    items[2] = ("t2", items[2][1], SamplingParams(1.2, 30, 31, seed=4))
+    lengths = {e.shape[1] for _, e, _ in items}
+    assert len(lengths) == len(items)  # really different lengths, so really padded
+    alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
+    together: dict[str, list[np.ndarray]] = {key: [] for key, _, _ in items}
+
+    def step() -> None:
+        for result in loop.step():
+            if result.frame is not None:
+                together[str(result.key)].append(result.frame.numpy())
+
+    loop.admit(*items[0])
+    step()
+    step()
+    rows = loop.admit_many(items[1:])
+    assert [r.key for r in rows] == ["t1", "t2", "t3", "t4"] and loop.free_slots == 0
+    while loop.rows:
+        step()
+    for key in alone:
+        np.testing.assert_array_equal(np.array(together[key]), alone[key], err_msg=key)
+    with pytest.raises(ValueError, match="exceeds"):  # one bad row: nothing is admitted
+        loop.admit_many([items[0], ("big", items[1][1], SamplingParams(0, 0, 2048))])
+    assert not loop.rows
+
+
 def test_full_batch_refuses_and_frees_a_slot_when_a_turn_ends(engine: CsmEngine) -> None:
     loop = FrameLoop(engine._model, max_batch=2)
     e = _embeds(engine, [], 0, "x")

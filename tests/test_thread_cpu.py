@@ -97,3 +97,15 @@ def test_concurrent_turns_through_one_worker(tiny_model_dir: Path) -> None:
     assert cpu["frame_loop"] > 0 and cpu["task_threads"] > 0  # the worker named its threads
     parts = cpu["frame_loop"] + cpu["task_threads"] + cpu["rest"]
     assert parts == pytest.approx(cpu["total"], abs=1.0)
+    # the frame loop's share, cut by where its thread's time went (from the heartbeat)
+    assert cpu["model"] > 0 and cpu["decode"] > 0
+    loop_parts = cpu["model"] + cpu["decode"] + cpu["loop_other"]
+    assert loop_parts == pytest.approx(cpu["frame_loop"], abs=1e-6)
+
+
+def test_the_loop_split_follows_the_engine_busy_times() -> None:
+    split = service_concurrency._split_loop(
+        10.0, {"model": 1.0, "decode": 1.0, "loop": 2.0}, {"model": 4.0, "decode": 2.0, "loop": 6.0}
+    )
+    assert split == pytest.approx({"model": 7.5, "decode": 2.5, "loop_other": 0.0})
+    assert service_concurrency._split_loop(5.0, {}, {}) == {}  # no heartbeat figures: no split

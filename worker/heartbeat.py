@@ -63,6 +63,7 @@ class Heartbeat:
                         **self.info,
                         "jobs": self.rt.held.snapshot(),
                         "batch_rows": self.rt.engine.batcher.active,
+                        "engine_busy_s": dict(self.rt.engine.batcher.busy_s),
                     },
                     ttl_s=3 * self.period_s,
                 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,10 @@ from worker.engine.types import SamplingParams
 log = logging.getLogger(__name__)
 
 _END = object()
+# Positions (rows x longest prompt, padded) one prefill pass may hold: a burst of new turns is
+# prefilled in a few passes, each costing about one prompt's kernel launches on a GPU, so the
+# running turns wait for those passes rather than for one prefill per new turn.
+PREFILL_POSITIONS = 16_384
 
 
 class TurnHandle:
@@ -83,6 +88,10 @@ class Batcher:
         self._thread: threading.Thread | None = None
         # steps_by_rows[n]: frame-loop steps run with n rows, since start (read for metrics).
         self.steps_by_rows = [0] * (loop.max_batch + 1)
+        # Wall seconds this thread spent, since start: prefilling and stepping the model
+        # ("model"), decoding ("decode"), and whole iterations with turns to run ("loop",
+        # which also holds handing frames out). Read for benchmarks, through the heartbeat.
+        self.busy_s = {"model": 0.0, "decode": 0.0, "loop": 0.0}
 
     @property
     def active(self) -> int:
@@ -118,13 +127,14 @@ class Batcher:
                 assert isinstance(row.key, TurnHandle)
                 if row.key.cancelled.is_set():
                     self._drop(row.key, _END)
-            for handle in joining:
-                self._admit(handle)
+            began = time.perf_counter()
+            self._admit(joining)
             if not loop.rows:
                 continue
             self.steps_by_rows[len(loop.rows)] += 1
             try:
                 results = loop.step()
+                self.busy_s["model"] += time.perf_counter() - began
             except Exception as exc:  # fail every turn in the batch, keep the thread alive
                 log.exception("frame loop step failed")
                 error = EngineError(f"generation failed: {type(exc).__name__}: {exc}")
@@ -133,6 +143,7 @@ class Batcher:
                     self._drop(row.key, error)
                 continue
             self._deliver(results)
+            self.busy_s["loop"] += time.perf_counter() - began
 
     def _deliver(self, results: list[FrameResult]) -> None:
         """Decode every new frame in one pass; hand each turn its frame and samples (or its end,
@@ -150,8 +161,10 @@ class Batcher:
                 self._drop(owner, exc)
         audio: dict[object, np.ndarray] = {}
         if frames:
+            began = time.perf_counter()
             try:
                 audio = self._decoder.decode(frames)
+                self.busy_s["decode"] += time.perf_counter() - began
             except Exception as exc:  # fail the turns of this pass, keep the thread alive
                 log.exception("batched streaming decode failed")
                 error = exc if isinstance(exc, EngineError) else EngineError(f"decoding: {exc!r}")
@@ -176,13 +189,45 @@ class Batcher:
         self._decoder.remove(handle)
         handle._put(item)
 
-    def _admit(self, handle: TurnHandle) -> None:
-        if handle.cancelled.is_set():
-            handle._put(_END)
-            return
-        try:
-            self._loop.admit(handle, handle.inputs_embeds, handle.params)
-            self._decoder.admit(handle)
-        except Exception as exc:
-            log.exception("could not admit a turn")
-            self._drop(handle, EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
+    def _admit(self, handles: list[TurnHandle]) -> None:
+        """Prefill the joining turns, several in one pass (up to ``PREFILL_POSITIONS``
+        positions a pass), and add them to the decoder; a turn that cannot join fails alone."""
+        ready: list[TurnHandle] = []
+        for handle in handles:
+            if handle.cancelled.is_set():
+                handle._put(_END)
+                continue
+            try:
+                self._loop.check_admissible(handle.inputs_embeds, handle.params)
+            except ValueError as exc:
+                log.warning("could not admit a turn: %s", exc)
+                handle._put(EngineError(f"generation failed: ValueError: {exc}"))
+                continue
+            ready.append(handle)
+        for group in _prefill_groups(ready):
+            try:
+                self._loop.admit_many([(h, h.inputs_embeds, h.params) for h in group])
+                for handle in group:
+                    self._decoder.admit(handle)
+            except Exception as exc:
+                log.exception("could not admit %d turn(s)", len(group))
+                error = EngineError(f"generation failed: {type(exc).__name__}: {exc}")
+                for handle in group:
+                    self._drop(handle, error)
+
+
+def _prefill_groups(handles: list[TurnHandle]) -> list[list[TurnHandle]]:
+    """Consecutive groups whose padded prefill (rows x longest prompt) stays within
+    ``PREFILL_POSITIONS``; a prompt longer than that goes alone."""
+    groups: list[list[TurnHandle]] = []
+    longest = 0
+    for handle in handles:
+        length = handle.inputs_embeds.shape[1]
+        group = groups[-1] if groups else None
+        if group and max(longest, length) * (len(group) + 1) <= PREFILL_POSITIONS:
+            group.append(handle)
+            longest = max(longest, length)
+        else:
+            groups.append([handle])
+            longest = length
+    return groups

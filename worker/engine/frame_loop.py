@@ -193,30 +193,62 @@ class FrameLoop:
         Raises:
             ValueError: No free slot, or prompt plus ``max_frames`` exceeds the position budget.
         """
-        if len(self.rows) >= self.max_batch:
-            raise ValueError("the batch is full")
+        return self.admit_many([(key, inputs_embeds, params)])[0]
+
+    def check_admissible(self, inputs_embeds: torch.Tensor, params: SamplingParams) -> None:
+        """Raise ValueError when prompt plus ``max_frames`` exceeds the position budget."""
         length = inputs_embeds.shape[1]
         if length + params.max_frames > self.max_positions:
             raise ValueError(
                 f"prompt of {length} positions plus {params.max_frames} frames exceeds "
                 f"{self.max_positions} positions"
             )
-        slot = len(self.rows)
-        self._cache.set_block(slot, 0)
-        cos, sin = self._cos[None, :length], self._sin[None, :length]
-        hidden = self._layers(self._backbone, inputs_embeds, (cos, sin), None, self._cache)
-        last = hidden[:, -1]  # (1, hidden), normed
-        logits = self._model.lm_head(last)
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
+
+    @torch.no_grad()
+    def admit_many(self, joins: Sequence[tuple[object, torch.Tensor, SamplingParams]]) -> list[Row]:
+        """Prefill several new rows in one forward pass; they join the batch in order.
+
+        Prompts of different lengths are right-padded to the longest: with a causal mask a real
+        position never sees a padded one, and what padded positions leave in a row's cache lies
+        past its position, where later steps overwrite it before any step may read it. One pass
+        costs about what one prompt does where kernel launches dominate (a GPU), so a burst of
+        new turns does not stall the running ones for one prefill each.
+
+        Raises:
+            ValueError: Not enough free slots, or a row's prompt plus ``max_frames`` exceeds
+                the position budget (nothing is admitted then).
+        """
+        if len(self.rows) + len(joins) > self.max_batch:
+            raise ValueError("the batch is full")
+        for _, embeds, params in joins:
+            self.check_admissible(embeds, params)
+        lengths = [embeds.shape[1] for _, embeds, _ in joins]
+        longest = max(lengths)
+        if len(joins) == 1:
+            x = joins[0][1]
         else:
-            generator.seed()
-        row = Row(key=key, params=params, position=length, generator=generator)
-        row.pending = (last, logits)
-        self.rows.append(row)
+            x = joins[0][1].new_zeros(len(joins), longest, joins[0][1].shape[-1])
+            for i, (_, embeds, _) in enumerate(joins):
+                x[i, : lengths[i]] = embeds[0]
+        self._cache.set_block(len(self.rows), 0)
+        cos, sin = self._cos[None, :longest], self._sin[None, :longest]
+        hidden = self._layers(self._backbone, x, (cos, sin), None, self._cache)
+        ends = torch.tensor(lengths, device=self.device) - 1
+        last = hidden[torch.arange(len(joins), device=self.device), ends]  # (k, hidden), normed
+        logits = self._model.lm_head(last)
+        rows = []
+        for i, (key, _, params) in enumerate(joins):
+            generator = torch.Generator(device=self.device)
+            if params.seed is not None:
+                generator.manual_seed(params.seed)
+            else:
+                generator.seed()
+            row = Row(key=key, params=params, position=lengths[i], generator=generator)
+            row.pending = (last[i : i + 1], logits[i : i + 1])
+            rows.append(row)
+        self.rows.extend(rows)
         self._params_cache = None
-        return row
+        return rows
 
     def remove(self, key: object) -> None:
         """Drop a row (finished, cancelled or failed); the last row moves into its slot."""
