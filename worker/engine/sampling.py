@@ -45,16 +45,15 @@ class RowSampling:
 
 def pick(
     logits: torch.Tensor,
-    sampling: RowSampling | tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    rule: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     noise: torch.Tensor | None,
     suppress: torch.Tensor | None,
 ) -> torch.Tensor:
     """One code per row from ``logits`` ``(n, vocab)``: arg-max for greedy rows, a top-k /
     temperature sample for the rest (``noise`` ``(n, vocab)``, Exp(1) draws; None: all greedy).
-    ``sampling`` is a :class:`RowSampling` or its ``(temperature, top_k, greedy)`` tensors."""
-    if isinstance(sampling, RowSampling):
-        sampling = (sampling.temperature, sampling.top_k, sampling.greedy)
-    temperature, top_k, greedy = sampling
+    ``rule`` is a :class:`RowSampling`'s ``(temperature, top_k, greedy)`` tensors (a step
+    function takes tensors only, see ``step_graphs``)."""
+    temperature, top_k, greedy = rule
     scores = logits.float()
     if suppress is not None:
         scores = scores.masked_fill(suppress, float("-inf"))
