@@ -35,7 +35,7 @@ from worker.engine.types import SamplingParams
 PROMPT_POSITIONS = 200  # a few turns of context: text tokens and audio frames
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -74,13 +74,13 @@ def prompt_embeds(model: CsmForConditionalGeneration, positions: int, seed: int)
     return torch.cat([audio_embeds, text_embeds], dim=1)
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+def median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(1000 * (time.perf_counter() - t0))
     return statistics.median(times)
 
@@ -116,8 +116,8 @@ def loop_vs_generate(model: CsmForConditionalGeneration, *, frames: int, repeats
     while loop.rows:
         got += [r.frame.numpy() for r in loop.step() if r.frame is not None]
     same = bool(np.array_equal(np.array(got), ref[: len(got)])) and len(got) == len(ref)
-    hf_ms = _median_ms(hf, repeats, model.device) / frames
-    loop_ms = _median_ms(lambda: run_loop(loop, [(embeds, params)]), repeats, model.device)
+    hf_ms = median_ms(hf, repeats, model.device) / frames
+    loop_ms = median_ms(lambda: run_loop(loop, [(embeds, params)]), repeats, model.device)
     loop_ms /= frames
     return {
         "frames": frames,
@@ -146,7 +146,7 @@ def batch_throughput(
             )
             for i in range(b)
         ]
-        ms = _median_ms(partial(run_loop, loop, rows), repeats, model.device)
+        ms = median_ms(partial(run_loop, loop, rows), repeats, model.device)
         fps = b * frames / (ms / 1000)
         base = base or fps
         out["sizes"][str(b)] = {
@@ -175,13 +175,13 @@ def batched_decode(model: CsmForConditionalGeneration, *, rows: int, calls: int)
     per_turn, one_pass, worst = [], [], 0.0
     for call in range(calls + 5):
         codes = {i: rng.integers(0, size, (1, n_q)) for i in range(rows)}
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         alone = [singles[i].push(codes[i]) for i in range(rows)]
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         together = batched.decode(codes)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         worst = max(worst, *(float(np.abs(together[i] - alone[i]).max()) for i in range(rows)))
         if call >= 5:

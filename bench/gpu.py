@@ -34,6 +34,7 @@ import torch
 import transformers
 
 from bench import engine_bench
+from bench.engine_bench import median_ms, sync
 from worker.engine.batcher import Batcher
 from worker.engine.codec_batch import BatchedStreamingDecoder
 from worker.engine.codec_stream import StreamingDecoder
@@ -43,22 +44,6 @@ from worker.engine.types import SamplingParams
 ROOT = Path(__file__).resolve().parent.parent
 FRAME_MS = 80.0
 GIB = 1024**3
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
 
 
 def _mem_gib(device: torch.device) -> float:
@@ -87,7 +72,7 @@ def decode_cost(model: Any, *, repeats: int) -> dict[str, float]:
         samples = []
         for _ in range(max(repeats * 4, 12)):
             codes = rng.integers(0, size, (k, n_q))
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             decoder.push(codes)
             samples.append(1000 * (time.perf_counter() - t0))
@@ -114,7 +99,7 @@ def batch_table(
         _loaded_rows(model, loop, b, 1000, "batch")  # room for every step below
         for _ in range(2):
             loop.step()  # warm this shape
-        step_ms = _median_ms(loop.step, max(frames, repeats), device)
+        step_ms = median_ms(loop.step, max(frames, repeats), device)
         peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else 0.0
         for row in list(loop.rows):
             loop.remove(row.key)
@@ -153,7 +138,7 @@ def first_audio(model: Any, loop: FrameLoop, *, running: list[int], repeats: int
         for r in range(repeats + 1):
             embeds = engine_bench.prompt_embeds(model, engine_bench.PROMPT_POSITIONS, seed=99 + r)
             decoder = StreamingDecoder(model.codec_model)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             loop.admit("new", embeds, SamplingParams(0.9, 50, 100, r))
             frame = None
@@ -161,7 +146,7 @@ def first_audio(model: Any, loop: FrameLoop, *, running: list[int], repeats: int
                 frame = next(x.frame for x in loop.step() if x.key == "new")
             t_frame = time.perf_counter()
             decoder.push(frame.numpy()[None])
-            _sync(device)
+            sync(device)
             t_audio = time.perf_counter()
             loop.remove("new")
             if r:  # the first admits a new prompt shape: warm-up
@@ -202,7 +187,7 @@ def generate_reference(model: Any, *, frames: int, repeats: int) -> dict[str, An
         )
 
     codes = run()[0].cpu().numpy()
-    ms = _median_ms(run, repeats, model.device)
+    ms = median_ms(run, repeats, model.device)
     return {
         "ms_per_frame": ms / frames,
         "real_time_factor": ms / frames / FRAME_MS,
@@ -224,10 +209,10 @@ def batched_decode_ms(model: Any, *, sizes: list[int], calls: int) -> dict[str, 
         samples = []
         for call in range(calls + 3):
             codes = {i: rng.integers(0, size, (1, n_q)) for i in range(b)}
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             decoder.decode(codes)
-            _sync(device)
+            sync(device)
             if call >= 3:
                 samples.append(1000 * (time.perf_counter() - t0))
         out[str(b)] = statistics.median(samples)
@@ -302,7 +287,7 @@ def batch1(model: Any, loop: FrameLoop, *, frames: int, repeats: int, ref: np.nd
     same = None  # no reference run (--no-generate)
     if len(ref):
         same = len(got) == len(ref) and bool(np.array_equal(np.array(got), ref))
-    ms = _median_ms(lambda: engine_bench.run_loop(loop, [(embeds, params)]), repeats, model.device)
+    ms = median_ms(lambda: engine_bench.run_loop(loop, [(embeds, params)]), repeats, model.device)
     return {
         "ms_per_frame": ms / frames,
         "real_time_factor": ms / frames / FRAME_MS,
@@ -324,7 +309,7 @@ def run_mode(
     out["shapes_prepared"] = loop.warm_up(
         max_span=args.max_span, batches=sorted({*sizes, *(n + 1 for n in running), 1})
     )
-    _sync(device)
+    sync(device)
     out["warm_up_s"] = time.perf_counter() - t0
     print(f"[{mode}] warm-up {out['warm_up_s']:.1f} s, {out['shapes_prepared']} shapes", flush=True)
     _section(

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.frames import run_frames
 from worker.engine.csm import ContextTurn, CsmEngine, SamplingParams
 from worker.engine.frame_loop import FrameLoop
 from worker.engine.hf import cache_keyword
@@ -32,24 +33,6 @@ def _embeds(engine: CsmEngine, context: list[ContextTurn], speaker: int, text: s
     return engine._prompt.embed(context, speaker, text)[0]
 
 
-Join = tuple[str, Any, SamplingParams]
-
-
-def _run(loop: FrameLoop, joins: dict[int, list[Join]]) -> dict[str, Any]:
-    """Step ``loop`` until empty; ``joins[n]`` are admitted before step ``n``."""
-    frames: dict[str, list[np.ndarray]] = {}
-    step = 0
-    while loop.rows or any(n >= step for n in joins):
-        for key, embeds, params in joins.get(step, []):
-            loop.admit(key, embeds, params)
-            frames[key] = []
-        for result in loop.step():
-            if result.frame is not None:
-                frames[str(result.key)].append(result.frame.numpy())
-        step += 1
-    return {k: np.array(v, dtype=np.int64).reshape(-1, 4) for k, v in frames.items()}
-
-
 @pytest.mark.parametrize("n_context", [0, 1, 3])
 def test_greedy_loop_equals_transformers_generate(engine: CsmEngine, n_context: int) -> None:
     params = SamplingParams(temperature=0, max_frames=40)
@@ -66,13 +49,13 @@ def test_batched_turns_equal_each_turn_alone(engine: CsmEngine) -> None:
         (f"t{i}", _embeds(engine, ctx, spk, text), SamplingParams(0, 0, n))
         for i, (ctx, spk, text, n) in enumerate(TURNS)
     ]
-    alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
+    alone = {key: run_frames(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
     for key, (ctx, spk, text, n) in zip(alone, TURNS, strict=True):
         ref = engine.generate_reference(ctx, spk, text, SamplingParams(temperature=0, max_frames=n))
         np.testing.assert_array_equal(alone[key], ref)
     # Four join at once, the fifth waits for a slot and joins mid-run at step 12; rows of
     # different lengths leave at different frames and the packing moves rows between slots.
-    together = _run(loop, {0: items[:4], 12: items[4:]})
+    together = run_frames(loop, {0: items[:4], 12: items[4:]})
     for key in alone:
         np.testing.assert_array_equal(together[key], alone[key], err_msg=key)
     assert not loop.rows and loop.free_slots == 4
@@ -89,7 +72,7 @@ def test_turns_prefilled_together_equal_each_turn_alone(engine: CsmEngine) -> No
     items[2] = ("t2", items[2][1], SamplingParams(1.2, 30, 31, seed=4))
     lengths = {e.shape[1] for _, e, _ in items}
     assert len(lengths) == len(items)  # really different lengths, so really padded
-    alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
+    alone = {key: run_frames(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
     together: dict[str, list[np.ndarray]] = {key: [] for key, _, _ in items}
 
     def step() -> None:
@@ -134,7 +117,7 @@ def test_cancel_mid_batch_leaves_the_other_turns_unchanged(engine: CsmEngine) ->
         (f"t{i}", _embeds(engine, ctx, spk, text), SamplingParams(0, 0, n))
         for i, (ctx, spk, text, n) in enumerate(TURNS[:4])
     ]
-    alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
+    alone = {key: run_frames(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
     for key, e, p in items:
         loop.admit(key, e, p)
     got: dict[str, list[np.ndarray]] = {key: [] for key, _, _ in items}
@@ -158,11 +141,13 @@ def test_seeded_sampling_is_deterministic_and_independent_of_the_batch(
     e1 = _embeds(engine, CONTEXT, 1, "Sampled with a seed.")
     e2 = _embeds(engine, CONTEXT[:1], 0, "A neighbour.")
     sampled = SamplingParams(temperature=1.5, top_k=20, max_frames=20, seed=7)
-    a = _run(loop, {0: [("s", e1, sampled)]})["s"]
-    b = _run(loop, {0: [("n", e2, SamplingParams(1.0, 0, 30, seed=1)), ("s", e1, sampled)]})["s"]
+    a = run_frames(loop, {0: [("s", e1, sampled)]})["s"]
+    b = run_frames(loop, {0: [("n", e2, SamplingParams(1.0, 0, 30, seed=1)), ("s", e1, sampled)]})[
+        "s"
+    ]
     np.testing.assert_array_equal(a, b)
-    other = _run(loop, {0: [("s", e1, SamplingParams(1.5, 20, 20, seed=8))]})["s"]
-    greedy = _run(loop, {0: [("s", e1, SamplingParams(0, 0, 20))]})["s"]
+    other = run_frames(loop, {0: [("s", e1, SamplingParams(1.5, 20, 20, seed=8))]})["s"]
+    greedy = run_frames(loop, {0: [("s", e1, SamplingParams(0, 0, 20))]})["s"]
     assert not np.array_equal(a, other)  # the seed matters
     assert not np.array_equal(a, greedy)  # and this is really sampled
     assert a.min() >= 0 and a.max() < engine.codebook_size  # suppressed ids never drawn
@@ -211,7 +196,7 @@ def test_a_removal_that_moves_a_fresh_row_forward_keeps_every_turn_exact(
         (f"t{i}", _embeds(engine, ctx, spk, text), SamplingParams(0, 0, n))
         for i, (ctx, spk, text, n) in enumerate(TURNS[:4])
     ]
-    alone = {key: _run(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
+    alone = {key: run_frames(loop, {0: [(key, e, p)]})[key] for key, e, p in items}
     got: dict[str, list[np.ndarray]] = {key: [] for key, _, _ in items}
     for key, e, p in items[:3]:
         loop.admit(key, e, p)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.frames import run_frames
 from worker.engine.frame_loop import FrameLoop
 from worker.engine.step_graphs import batch_buckets, bucket_for, resolve_compile_mode, span_for
 from worker.engine.types import SamplingParams
@@ -35,21 +36,6 @@ def tiny_engine() -> Any:
 def _prompts(engine: Any) -> list[torch.Tensor]:
     texts = ["The first turn, a little longer than the rest.", "Second.", "A third one."]
     return [engine._prompt.embed([], i % 2, text)[0] for i, text in enumerate(texts)]
-
-
-def _run(loop: FrameLoop, joins: dict[int, list[tuple[str, torch.Tensor, SamplingParams]]]):
-    """Step ``loop`` until empty; ``joins[n]`` are admitted before step ``n``; frames by key."""
-    frames: dict[str, list[np.ndarray]] = {}
-    step = 0
-    while loop.rows or any(n >= step for n in joins):
-        for key, embeds, params in joins.get(step, []):
-            loop.admit(key, embeds, params)
-            frames[key] = []
-        for result in loop.step():
-            if result.frame is not None:
-                frames[str(result.key)].append(result.frame.cpu().numpy())
-        step += 1
-    return {k: np.array(v) for k, v in frames.items()}
 
 
 def _scenario(prompts: list[torch.Tensor]) -> dict[int, list[tuple[str, Any, SamplingParams]]]:
@@ -106,12 +92,12 @@ def test_an_engine_refuses_graphs_without_cuda(tiny_engine: Any) -> None:
 @pytest.mark.slow
 def test_inductor_steps_equal_eager_after_a_warm_up_that_covers_them(tiny_engine: Any) -> None:
     prompts = _prompts(tiny_engine)
-    eager = _run(FrameLoop(tiny_engine._model, max_batch=2), _scenario(prompts))
+    eager = run_frames(FrameLoop(tiny_engine._model, max_batch=2), _scenario(prompts))
     compiled = FrameLoop(tiny_engine._model, max_batch=2, compile="inductor")
     shapes = compiled.warm_up(max_span=256)
     # buckets 1 and 2: a backbone step at span 256, a greedy and a sampled depth pass
     assert shapes == 6
-    got = _run(compiled, _scenario(prompts))
+    got = run_frames(compiled, _scenario(prompts))
     assert compiled.compile_mode == "inductor"
     assert compiled._steps.captured == shapes, "a turn compiled something the warm-up had not"
     assert set(got) == {"a", "b", "c"}
@@ -132,10 +118,10 @@ def test_cuda_graph_steps_equal_eager(tiny_engine: Any, mode: str) -> None:
     model = tiny_engine._model.to(CUDA)
     try:
         prompts = [p.to(CUDA) for p in _prompts(tiny_engine)]
-        eager = _run(FrameLoop(model, max_batch=4), _scenario(prompts))
+        eager = run_frames(FrameLoop(model, max_batch=4), _scenario(prompts))
         graphed = FrameLoop(model, max_batch=4, compile=mode)  # type: ignore[arg-type]
         shapes = graphed.warm_up(max_span=512)
-        got = _run(graphed, _scenario(prompts))
+        got = run_frames(graphed, _scenario(prompts))
         assert graphed._steps.captured == shapes
         for key in eager:
             np.testing.assert_array_equal(got[key], eager[key], err_msg=key)
