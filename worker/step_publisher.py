@@ -1,0 +1,218 @@
+"""One Redis pipeline per step for every running turn of a worker.
+
+The frame loop hands each turn its frame at the end of a step; each turn's task thread passes
+it on (``TurnAudio.on_frame``) to the worker's one :class:`StepPublisher` and waits for the
+answer. The publisher's thread (``parley-publish``) gathers the step's frames of every turn,
+measures their levels in one vectorised pass, runs each turn's silent-tail guard, and sends
+every turn's writes in one pipeline: progress counts, the stream chunks let through, and one
+``MGET`` of all the cancel flags. Then it answers each turn (stop or go on).
+
+Invariants:
+
+- A turn has at most one request in flight (its task thread waits for the answer), so a turn's
+  state is only touched by the publisher while its own thread waits: no locks on it.
+- Gathering waits for every turn of the previous round that is still generating, at most
+  ``gather_s`` after the round's first request; anything else pending is sent at once. Turns
+  that join (a first frame) or end (their last writes) ride along with the step they come with.
+- A Redis failure never reaches a turn: it is settled per turn (``TurnAudio.settle``), and a
+  failure of the publisher's own code fails only the turns of that round (re-raised in their
+  threads), never the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from redis import Redis
+from redis.exceptions import RedisError
+
+from shared import audio
+from worker.silence import frames_dbfs
+from worker.turn_audio import TurnAudio
+
+log = logging.getLogger(__name__)
+
+PUBLISHER_THREAD = "parley-publish"
+GATHER_S = 0.005  # how long a round waits for a straggler of the last step (a GIL switch)
+
+
+@dataclass
+class _Request:
+    """A frame of a turn (``frame`` set) or its end (``frame`` None), waiting for its round."""
+
+    turn: TurnAudio
+    frame: np.ndarray | None
+    samples: np.ndarray
+    stop: bool = False
+    error: BaseException | None = None
+
+
+class StepPublisher:
+    """The worker's publisher; :meth:`start` it with the runtime and :meth:`stop` it at the end.
+
+    ``pipelines`` and ``rows`` count the pipelines sent and the turn requests they carried.
+    """
+
+    def __init__(self, redis: Redis, *, gather_s: float = GATHER_S) -> None:
+        self._redis = redis
+        self.gather_s = gather_s
+        self._cond = threading.Condition()
+        self._pending: list[_Request] = []
+        self._expected: set[TurnAudio] = set()  # last round's turns still generating
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.pipelines = 0
+        self.rows = 0
+
+    def start(self) -> None:
+        """Start the publisher's thread (once)."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=PUBLISHER_THREAD, daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Answer what is pending, then end the thread. Later requests raise RuntimeError."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def frame(self, turn: TurnAudio, frame: np.ndarray, samples: np.ndarray) -> bool:
+        """Publish one frame of ``turn`` in the next round; True means stop generating."""
+        return self._submit(_Request(turn, frame, samples))
+
+    def end(self, turn: TurnAudio) -> None:
+        """Publish ``turn``'s last writes (what its guard held, the final count); returns once
+        they are sent (or Redis failed)."""
+        self._submit(_Request(turn, None, _NO_SAMPLES))
+
+    def _submit(self, request: _Request) -> bool:
+        answered = request.turn.answered
+        answered.clear()
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise RuntimeError("the step publisher is not running")
+            self._pending.append(request)
+            self._cond.notify()
+        answered.wait()
+        if request.error is not None:
+            raise request.error
+        return request.stop
+
+    def _run(self) -> None:
+        while (batch := self._gather()) is not None:
+            try:
+                self._publish(batch)
+            except Exception as exc:  # a bug here fails this round's turns, not the worker
+                log.exception("step publisher failed a round of %d turns", len(batch))
+                for request in batch:
+                    request.error = exc
+            self._expected = {r.turn for r in batch if r.frame is not None and not r.stop}
+            for request in batch:
+                request.turn.answered.set()
+
+    def _gather(self) -> list[_Request] | None:
+        """The next round: wait for a request, then for the rest of the last round's turns."""
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            deadline = time.monotonic() + self.gather_s
+            while not self._stopping and not self._expected <= {r.turn for r in self._pending}:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch, self._pending = self._pending, []
+        return batch
+
+    def _publish(self, batch: list[_Request]) -> None:
+        """Take every frame (levels in one pass) and end, send one pipeline, answer."""
+        _take_frames([r for r in batch if r.frame is not None])
+        for request in batch:
+            if request.frame is None:
+                request.turn.take_end()
+        now = time.monotonic()
+        sending = [r for r in batch if r.turn.wants_redis(now)]
+        if sending:
+            self._send(sending, now)
+        for request in batch:
+            request.stop = request.frame is not None and request.turn.stops
+
+    def _send(self, sending: list[_Request], now: float) -> None:
+        """One pipeline: every turn's progress and chunks, then one MGET of the cancel flags of
+        the turns still generating. Each turn settles from its own replies."""
+        pipe = self._redis.pipeline(transaction=False)
+        spans = [r.turn.queue_writes(pipe) for r in sending]
+        checking = [r.turn for r in sending if r.frame is not None]
+        if checking:
+            pipe.mget([turn.cancel_key for turn in checking])
+        self.pipelines += 1
+        self.rows += len(sending)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            for request in sending:
+                request.turn.settle(exc, now=now)
+            return
+        at = 0
+        for request, span in zip(sending, spans, strict=True):
+            request.turn.settle(replies[at : at + span], now=now)
+            at += span
+        if not checking:
+            return
+        flags = replies[at]
+        if isinstance(flags, RedisError):
+            for turn in checking:
+                turn.settle(flags, now=now)
+            return
+        for turn, flag in zip(checking, flags, strict=True):
+            turn.cancel_seen(flag is not None)
+
+
+_NO_SAMPLES = np.zeros(0, dtype=np.float32)
+
+
+def _take_frames(frames: list[_Request]) -> None:
+    """Hand each turn its frame as listeners hear it (int16 and back to floats), the int16
+    conversion and the guards' levels done for every turn at once."""
+    live = [r for r in frames if r.turn.takes_frames]
+    for request in frames:
+        if not request.turn.takes_frames:
+            request.turn.take_frame(request.frame, None, None)  # type: ignore[arg-type]
+    if not live:
+        return
+    heard = _heard([r.samples for r in live])
+    guarded = [i for i, r in enumerate(live) if r.turn.guard is not None]
+    levels: list[float | None] = [None] * len(live)
+    for i, measured in zip(guarded, _levels([heard[i] for i in guarded]), strict=True):
+        levels[i] = measured
+    for request, row, level in zip(live, heard, levels, strict=True):
+        request.turn.take_frame(request.frame, row, level)  # type: ignore[arg-type]
+
+
+def _heard(rows: list[np.ndarray]) -> list[np.ndarray]:
+    """Float samples as listeners get them: int16, as floats again (exact both ways)."""
+    if len({row.shape for row in rows}) == 1:
+        pcm = audio.to_pcm16(np.stack(rows))
+        return list(pcm.astype(np.float32) / audio.PCM16_FULL_SCALE)
+    return [audio.to_pcm16(row).astype(np.float32) / audio.PCM16_FULL_SCALE for row in rows]
+
+
+def _levels(rows: list[np.ndarray]) -> list[float]:
+    """``frame_dbfs`` of every row: one vectorised pass when they have one length."""
+    if not rows:
+        return []
+    if len({row.shape for row in rows}) == 1:
+        return frames_dbfs(np.stack(rows))
+    return [frames_dbfs(row[None])[0] for row in rows]
