@@ -11,9 +11,10 @@ Invariants:
 
 - A turn has at most one request in flight (its task thread waits for the answer), so a turn's
   state is only touched by the publisher while its own thread waits: no locks on it.
-- Gathering waits for every turn of the previous round that is still generating, at most
-  ``gather_s`` after the round's first request; anything else pending is sent at once. Turns
-  that join (a first frame) or end (their last writes) ride along with the step they come with.
+- A round with a frame waits for a frame of every live turn (one whose last frame was answered
+  "go on"), at most ``gather_s`` after its first request, so the frames of one step go out
+  together. Turns that join (a first frame) ride along with their step; a turn's end (its last
+  writes) rides along with whatever is pending, and goes at once when nothing is.
 - A Redis failure never reaches a turn: it is settled per turn (``TurnAudio.settle``), and a
   failure of the publisher's own code fails only the turns of that round (re-raised in their
   threads), never the thread.
@@ -37,7 +38,7 @@ from worker.turn_audio import TurnAudio
 log = logging.getLogger(__name__)
 
 PUBLISHER_THREAD = "parley-publish"
-GATHER_S = 0.005  # how long a round waits for a straggler of the last step (a GIL switch)
+GATHER_S = 0.02  # how long a round waits for a live turn's frame of the same step
 
 
 @dataclass
@@ -62,7 +63,7 @@ class StepPublisher:
         self.gather_s = gather_s
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
-        self._expected: set[TurnAudio] = set()  # last round's turns still generating
+        self._live: set[TurnAudio] = set()  # turns generating: each round waits for them
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.pipelines = 0
@@ -116,25 +117,38 @@ class StepPublisher:
                 log.exception("step publisher failed a round of %d turns", len(batch))
                 for request in batch:
                     request.error = exc
-            self._expected = {r.turn for r in batch if r.frame is not None and not r.stop}
             for request in batch:
+                if request.frame is not None and not request.stop and request.error is None:
+                    self._live.add(request.turn)
+                else:
+                    self._live.discard(request.turn)
                 request.turn.answered.set()
 
     def _gather(self) -> list[_Request] | None:
-        """The next round: wait for a request, then for the rest of the last round's turns."""
+        """The next round: wait for a request; once a frame is among them (a step was
+        delivered), wait for a frame of every other live turn too, at most ``gather_s``. A live
+        turn that did not come in time is not waited for again until it comes (a turn whose
+        generation failed never does). Ends alone go at once."""
         with self._cond:
             while not self._pending and not self._stopping:
                 self._cond.wait()
             if not self._pending:
                 return None
             deadline = time.monotonic() + self.gather_s
-            while not self._stopping and not self._expected <= {r.turn for r in self._pending}:
+            while not self._stopping and self._waits_for_live():
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self._live &= {r.turn for r in self._pending}
                     break
                 self._cond.wait(left)
             batch, self._pending = self._pending, []
         return batch
+
+    def _waits_for_live(self) -> bool:
+        """Whether a step's frames are pending while some live turn's frame is not yet."""
+        if all(r.frame is None for r in self._pending):
+            return False
+        return not self._live <= {r.turn for r in self._pending}
 
     def _publish(self, batch: list[_Request]) -> None:
         """Take every frame (levels in one pass) and end, send one pipeline, answer."""
