@@ -81,9 +81,8 @@ def _concurrency_rows(conc: dict[str, Any]) -> list[tuple[str, str]]:
     for n, row in conc["sizes"].items():
         fa, cpu = row["first_audio_ms"], row["worker_cpu_ms_per_frame"]
         split = (
-            f"{cpu['total']:.2f} = loop {cpu['frame_loop']:.2f} + publisher "
-            f"{cpu.get('publisher', 0.0):.2f} + turns {cpu['task_threads']:.2f} + rest "
-            f"{cpu['rest']:.2f}"
+            f"{cpu['total']:.2f} = loop {cpu['frame_loop']:.2f} + turns "
+            f"{cpu['task_threads']:.2f} + rest {cpu['rest']:.2f}"
             if cpu
             else "n/a (no /proc)"
         )

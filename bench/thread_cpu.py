@@ -1,11 +1,10 @@
 """A worker process's CPU time, whole and by thread, from Linux ``/proc`` (None elsewhere).
 
-The worker names its threads (``worker.thread_names``): the frame loop is ``parley-frames``,
-the step publisher ``parley-publish`` and Celery's task threads are ``pool-…``; torch's OpenMP
-helpers carry the name of the thread that started them. :func:`split` turns two readings into
-CPU seconds for the frame loop, the publisher, the task threads and the rest (main thread,
-heartbeat, recovery, and threads that have ended: the process's own total counts them, a
-thread's line no longer does).
+The worker names its threads (``worker.thread_names``): the frame loop is ``parley-frames``
+and Celery's task threads are ``pool-…``; torch's OpenMP helpers carry the name of the thread
+that started them. :func:`split` turns two readings into CPU seconds for the frame loop, the
+task threads and the rest (main thread, heartbeat, recovery, and threads that have ended: the
+process's own total counts them, a thread's line no longer does).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from bench.cpu import PROC, TICK_S
 
 FRAME_LOOP_THREAD = "parley-frames"
-PUBLISHER_THREAD = "parley-publish"
 TASK_THREAD_PREFIX = "pool-"
 
 
@@ -51,26 +49,18 @@ def read(pid: int) -> ProcessCpu | None:
 def _role(comm: str) -> str:
     if comm == FRAME_LOOP_THREAD:
         return "frame_loop"
-    if comm == PUBLISHER_THREAD:
-        return "publisher"
     return "task_threads" if comm.startswith(TASK_THREAD_PREFIX) else "rest"
 
 
 def split(before: ProcessCpu, after: ProcessCpu) -> dict[str, float]:
-    """CPU seconds between two readings: ``total``, ``frame_loop``, ``publisher``,
-    ``task_threads`` and ``rest`` (the total less the other three)."""
-    out = {
-        "total": after.total_s - before.total_s,
-        "frame_loop": 0.0,
-        "publisher": 0.0,
-        "task_threads": 0.0,
-    }
+    """CPU seconds between two readings: ``total``, ``frame_loop``, ``task_threads`` and
+    ``rest`` (the total less the other two)."""
+    out = {"total": after.total_s - before.total_s, "frame_loop": 0.0, "task_threads": 0.0}
     for tid, (comm, cpu_s) in after.threads.items():
         role = _role(comm)
         if role != "rest":
             out[role] += cpu_s - before.threads.get(tid, (comm, 0.0))[1]
     # Each thread's time is whole ticks, cut apart from the total's: keep the rest from going
     # a tick below zero.
-    named = out["frame_loop"] + out["publisher"] + out["task_threads"]
-    out["rest"] = max(0.0, out["total"] - named)
+    out["rest"] = max(0.0, out["total"] - out["frame_loop"] - out["task_threads"])
     return out

@@ -1,7 +1,7 @@
 """What a worker process makes once at start-up and passes to every job.
 
-The runtime owns the worker's threads beside Celery's: the step publisher starts with it and
-stops in :meth:`WorkerRuntime.close`.
+The step publisher (every running turn's Redis writes, one pipeline a step) opens with the
+runtime and closes in :meth:`WorkerRuntime.close`.
 """
 
 from __future__ import annotations

@@ -2,22 +2,25 @@
 
 The frame loop hands each turn its frame at the end of a step; each turn's task thread passes
 it on (``TurnAudio.on_frame``) to the worker's one :class:`StepPublisher` and waits for the
-answer. The publisher's thread (``parley-publish``) gathers the step's frames of every turn,
-measures their levels in one vectorised pass, runs each turn's silent-tail guard, and sends
-every turn's writes in one pipeline: progress counts, the stream chunks let through, and one
-``MGET`` of all the cancel flags. Then it answers each turn (stop or go on).
+answer. One of the waiting task threads, the round's leader, gathers the step's frames of every
+turn, measures their levels in one vectorised pass, runs each turn's silent-tail guard, and
+sends every turn's writes in one pipeline: progress counts, the stream chunks let through, and
+one ``MGET`` of all the cancel flags. Then it answers each turn (stop or go on) and hands the
+lead to a request that came meanwhile, if any (flat combining: no thread of its own, so a turn
+alone publishes in its own thread with no hand-over, as before).
 
 Invariants:
 
 - A turn has at most one request in flight (its task thread waits for the answer), so a turn's
-  state is only touched by the publisher while its own thread waits: no locks on it.
+  state is only touched by the leader while its own thread waits: no locks on it.
+- At most one round runs at a time; a request that comes while one runs waits for the next.
 - A round with a frame waits for a frame of every live turn (one whose last frame was answered
-  "go on"), at most ``gather_s`` after its first request, so the frames of one step go out
-  together. Turns that join (a first frame) ride along with their step; a turn's end (its last
-  writes) rides along with whatever is pending, and goes at once when nothing is.
+  "go on"), at most ``gather_s`` after it began, so the frames of one step go out together.
+  Turns that join (a first frame) ride along with their step; a turn's end (its last writes)
+  rides along with whatever is pending, and goes at once when nothing is.
 - A Redis failure never reaches a turn: it is settled per turn (``TurnAudio.settle``), and a
-  failure of the publisher's own code fails only the turns of that round (re-raised in their
-  threads), never the thread.
+  failure of the publisher's own code fails only the turns of that round (raised in their
+  threads).
 """
 
 from __future__ import annotations
@@ -37,23 +40,24 @@ from worker.turn_audio import TurnAudio
 
 log = logging.getLogger(__name__)
 
-PUBLISHER_THREAD = "parley-publish"
 GATHER_S = 0.02  # how long a round waits for a live turn's frame of the same step
 
 
 @dataclass
 class _Request:
-    """A frame of a turn (``frame`` set) or its end (``frame`` None), waiting for its round."""
+    """A frame of a turn (``frame`` set) or its end (``frame`` None), waiting for its round.
+    ``lead`` is set when the request is handed the lead of the next round."""
 
     turn: TurnAudio
     frame: np.ndarray | None
     samples: np.ndarray
     stop: bool = False
+    lead: bool = False
     error: BaseException | None = None
 
 
 class StepPublisher:
-    """The worker's publisher; :meth:`start` it with the runtime and :meth:`stop` it at the end.
+    """The worker's publisher: :meth:`start` opens it with the runtime, :meth:`stop` closes it.
 
     ``pipelines`` and ``rows`` count the pipelines sent and the turn requests they carried.
     """
@@ -61,31 +65,24 @@ class StepPublisher:
     def __init__(self, redis: Redis, *, gather_s: float = GATHER_S) -> None:
         self._redis = redis
         self.gather_s = gather_s
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # the leader waits here for live turns
         self._pending: list[_Request] = []
         self._live: set[TurnAudio] = set()  # turns generating: each round waits for them
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._leading = False  # a round is being gathered or sent
+        self._open = False
         self.pipelines = 0
         self.rows = 0
 
     def start(self) -> None:
-        """Start the publisher's thread (once)."""
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=PUBLISHER_THREAD, daemon=True
-                )
-                self._thread.start()
+        """Take requests from now on."""
+        with self._lock:
+            self._open = True
 
     def stop(self) -> None:
-        """Answer what is pending, then end the thread. Later requests raise RuntimeError."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
+        """Refuse requests from now on (RuntimeError); a round under way still finishes."""
+        with self._lock:
+            self._open = False
 
     def frame(self, turn: TurnAudio, frame: np.ndarray, samples: np.ndarray) -> bool:
         """Publish one frame of ``turn`` in the next round; True means stop generating."""
@@ -99,49 +96,63 @@ class StepPublisher:
     def _submit(self, request: _Request) -> bool:
         answered = request.turn.answered
         answered.clear()
-        with self._cond:
-            if self._stopping or self._thread is None:
+        with self._lock:
+            if not self._open:
                 raise RuntimeError("the step publisher is not running")
             self._pending.append(request)
-            self._cond.notify()
-        answered.wait()
+            lead = not self._leading
+            if lead:
+                self._leading = True
+            elif self._live <= {r.turn for r in self._pending}:
+                self._arrived.notify()  # only when the leader's wait is over
+        if not lead:
+            answered.wait()  # answered, or handed the lead
+            lead = request.lead
+        if lead:
+            self._lead()
         if request.error is not None:
             raise request.error
         return request.stop
 
-    def _run(self) -> None:
-        while (batch := self._gather()) is not None:
-            try:
-                self._publish(batch)
-            except Exception as exc:  # a bug here fails this round's turns, not the worker
-                log.exception("step publisher failed a round of %d turns", len(batch))
-                for request in batch:
-                    request.error = exc
+    def _lead(self) -> None:
+        """Gather and send one round, answer its turns, hand the lead on (or let it go)."""
+        with self._lock:
+            batch = self._gather()
+        try:
+            self._publish(batch)
+        except Exception as exc:  # a bug here fails this round's turns, not the worker
+            log.exception("step publisher failed a round of %d turns", len(batch))
+            for request in batch:
+                request.error = exc
+        with self._lock:
             for request in batch:
                 if request.frame is not None and not request.stop and request.error is None:
                     self._live.add(request.turn)
                 else:
                     self._live.discard(request.turn)
-                request.turn.answered.set()
+            successor = self._pending[0] if self._pending else None
+            if successor is None:
+                self._leading = False
+            else:
+                successor.lead = True
+        for request in batch:
+            request.turn.answered.set()
+        if successor is not None:
+            successor.turn.answered.set()
 
-    def _gather(self) -> list[_Request] | None:
-        """The next round: wait for a request; once a frame is among them (a step was
-        delivered), wait for a frame of every other live turn too, at most ``gather_s``. A live
-        turn that did not come in time is not waited for again until it comes (a turn whose
-        generation failed never does). Ends alone go at once."""
-        with self._cond:
-            while not self._pending and not self._stopping:
-                self._cond.wait()
-            if not self._pending:
-                return None
-            deadline = time.monotonic() + self.gather_s
-            while not self._stopping and self._waits_for_live():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._live &= {r.turn for r in self._pending}
-                    break
-                self._cond.wait(left)
-            batch, self._pending = self._pending, []
+    def _gather(self) -> list[_Request]:
+        """The round's requests (called with the lock held). Once a frame is among them (a
+        step was delivered), wait for a frame of every other live turn too, at most
+        ``gather_s``. A live turn that did not come in time is not waited for again until it
+        comes (a turn whose generation failed never does). Ends alone go at once."""
+        deadline = time.monotonic() + self.gather_s
+        while self._waits_for_live():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._live &= {r.turn for r in self._pending}
+                break
+            self._arrived.wait(left)
+        batch, self._pending = self._pending, []
         return batch
 
     def _waits_for_live(self) -> bool:

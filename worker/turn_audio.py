@@ -1,20 +1,21 @@
 """A generated turn's frames on their way out: what one turn keeps, streams and reports.
 
 Each frame comes from the engine with its audio (decoded once, in the frame loop's batched
-streaming pass). The task thread hands it to the worker's :class:`~worker.step_publisher.
-StepPublisher` and waits: the publisher measures the frame's level (with every other turn's,
-in one pass), runs this turn's silent-tail guard, and sends the frames the guard lets through
-to listeners (Redis Stream) with the progress count and the cancel check, in the one pipeline
-of the step for every turn of the worker. The stored codes and audio are exactly what was
-streamed, and every frame goes out as it comes.
+streaming pass). The task thread hands it to the worker's
+:class:`~worker.step_publisher.StepPublisher` and waits: the round's leader (one of the task
+threads) measures the frame's level (with every other turn's, in one pass), runs this turn's
+silent-tail guard, and sends the frames the guard lets through to listeners (Redis Stream) with
+the progress count and the cancel check, in the one pipeline of the step for every turn of the
+worker. The stored codes and audio are exactly what was streamed, and every frame goes out as
+it comes.
 
 Redis is only the live view: when it fails mid-turn the turn goes on, because SQL will hold the
 result. Streaming stops for the rest of the turn (so what listeners got stays a prefix of the
 stored audio, which they are completed from), and progress and the cancel flag are tried again
 at most once a second.
 
-The methods below :meth:`TurnAudio.finish` are the publisher's: they run in its thread while
-the turn's own thread waits for the answer, so one thread at a time touches a turn.
+The methods below :meth:`TurnAudio.finish` are the publisher's: they run in the leader's thread
+while the turn's own thread waits for the answer, so one thread at a time touches a turn.
 """
 
 from __future__ import annotations
