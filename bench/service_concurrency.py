@@ -9,8 +9,9 @@ and stream it to its end through ``GET …/stream?format=pcm``. Per N:
 - first audio, p50 and p99 over every turn: from the client's POST to its first streamed byte;
 - the worker's CPU per frame made, from ``/proc`` before the posts and after every job has
   succeeded (so storing counts too), split by thread (``bench.thread_cpu``): the frame loop
-  (model steps), the task threads (today each turn's own Mimi decode, silence guard, stream
-  writes, FLAC and SQL) and the rest.
+  (model steps and the batched Mimi decode), the task threads (the step publisher's rounds:
+  levels, silence guards and one Redis pipeline a step for every turn, run by one of them in
+  turn; FLAC and SQL) and the rest.
 """
 
 from __future__ import annotations

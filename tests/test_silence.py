@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.settings import Settings
-from worker.silence import Frame, SilenceGuard, frame_dbfs
+from worker.silence import Frame, SilenceGuard, frame_dbfs, frames_dbfs
 
 FRAME_SAMPLES = 1920
 SAMPLE_RATE = 24_000
@@ -89,6 +89,41 @@ def test_frame_dbfs() -> None:
     assert frame_dbfs(np.full(10, -1.0, dtype=np.float32)) == 0.0
     assert frame_dbfs(sine(-20.0)) == pytest.approx(-20.0, abs=0.01)
     assert frame_dbfs(noise(-80.0, seed=3)) == pytest.approx(-80.0, abs=0.01)
+
+
+def test_frames_dbfs_is_frame_dbfs_of_every_row_bit_for_bit() -> None:
+    rng = np.random.default_rng(5)
+    for case in range(100):
+        n = int(rng.integers(1, 17))
+        scale = 10.0 ** rng.uniform(-5, 0, size=(n, 1))
+        rows = (rng.standard_normal((n, FRAME_SAMPLES)) * scale).astype(np.float32)
+        rows[rng.random(n) < 0.2] = 0.0
+        assert frames_dbfs(rows) == [frame_dbfs(row) for row in rows], case
+    special = np.array([[np.nan, 0.0], [np.inf, 0.0], [0.0, 0.0]], dtype=np.float32)
+    got = frames_dbfs(special)
+    assert math.isnan(got[0]) and got[1:] == [math.inf, -math.inf]
+    assert frames_dbfs(np.zeros((2, 0), dtype=np.float32)) == [-math.inf, -math.inf]
+    with pytest.raises(ValueError, match="2-D"):
+        frames_dbfs(np.zeros(4, dtype=np.float32))
+
+
+def test_a_level_measured_beforehand_decides_as_the_samples_would() -> None:
+    """The publisher measures a step's levels at once and hands them to ``push``."""
+    rng = np.random.default_rng(1)
+    for case in range(100):
+        tail = int(rng.integers(1, 7))
+        keep = int(rng.integers(0, tail))
+        pattern = "".join(str(rng.choice(list("SN.q"))) for _ in range(int(rng.integers(0, 25))))
+        seq = frames(pattern)
+        levels = frames_dbfs(np.stack([s for _, s in seq])) if seq else []
+        measured, alone = guard(tail=tail, keep=keep), guard(tail=tail, keep=keep)
+        for (codes, samples), level_dbfs in zip(seq, levels, strict=True):
+            if alone.triggered:
+                break
+            got = measured.push(codes, samples, level_dbfs=level_dbfs)
+            assert [id(c) for c, _ in got] == [id(c) for c, _ in alone.push(codes, samples)]
+        assert measured.triggered == alone.triggered, (case, pattern)
+        assert len(measured.finish()) == len(alone.finish())
 
 
 def test_speech_only_is_emitted_unchanged() -> None:

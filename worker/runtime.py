@@ -1,4 +1,8 @@
-"""What a worker process makes once at start-up and passes to every job."""
+"""What a worker process makes once at start-up and passes to every job.
+
+The step publisher (every running turn's Redis writes, one pipeline a step) opens with the
+runtime and closes in :meth:`WorkerRuntime.close`.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from shared.queue import create_celery
 from shared.settings import Settings
 from worker.db_retry import retry_db
 from worker.metrics import WorkerMetrics
+from worker.step_publisher import StepPublisher
 
 if TYPE_CHECKING:
     from worker.engine.csm import CsmEngine
@@ -76,6 +81,7 @@ class WorkerRuntime:
     keys: RedisKeys
     celery: Celery
     name: str
+    publisher: StepPublisher  # every running turn's per-step Redis writes, one pipeline a step
     held: HeldJobs = field(default_factory=HeldJobs)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
@@ -85,6 +91,8 @@ class WorkerRuntime:
     ) -> WorkerRuntime:
         db = make_engine(settings)
         redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        publisher = StepPublisher(redis)
+        publisher.start()
         return cls(
             settings=settings,
             engine=engine,
@@ -96,6 +104,7 @@ class WorkerRuntime:
             keys=RedisKeys(settings.redis_prefix),
             celery=create_celery(settings),
             name=name or worker_name(),
+            publisher=publisher,
         )
 
     @property
@@ -120,5 +129,6 @@ class WorkerRuntime:
         return retry_db(attempt, what=what, patience_s=self.settings.db_retry_s)
 
     def close(self) -> None:
+        self.publisher.stop()
         self.redis.close()
         self.db.dispose()

@@ -4,6 +4,10 @@ The base model sometimes never emits its end frame and pads the turn with silenc
 length bound. :class:`SilenceGuard` sits between the frame loop and whatever emits frames
 (stream and store), holding back just enough silent frames that what is streamed is exactly
 what is stored, and a turn that never triggers the guard is emitted unchanged.
+
+Levels can be measured for many frames at once (:func:`frames_dbfs`, one vectorised pass over a
+step's frames) and handed to :meth:`SilenceGuard.push`; they equal :func:`frame_dbfs` exactly,
+so the guard decides the same either way.
 """
 
 from __future__ import annotations
@@ -29,7 +33,23 @@ def frame_dbfs(samples: np.ndarray) -> float:
     values = np.asarray(samples, dtype=np.float64)
     if values.size == 0:
         return -math.inf
-    rms = math.sqrt(float(np.mean(np.square(values))))
+    return _dbfs(float(np.mean(np.square(values))))
+
+
+def frames_dbfs(frames: np.ndarray) -> list[float]:
+    """:func:`frame_dbfs` of every row of ``frames`` ``(n, samples)``, bit for bit, with the
+    squares and means of all rows in one vectorised call (each row's mean is summed exactly as
+    a row alone is)."""
+    values = np.asarray(frames, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"frames must be 2-D (frames, samples), got shape {values.shape}")
+    if values.shape[1] == 0:
+        return [-math.inf] * values.shape[0]
+    return [_dbfs(float(ms)) for ms in np.mean(np.square(values), axis=1)]
+
+
+def _dbfs(mean_square: float) -> float:
+    rms = math.sqrt(mean_square)
     if rms == 0.0:
         return -math.inf
     return 20.0 * math.log10(rms)
@@ -108,15 +128,21 @@ class SilenceGuard:
         """Whether a frame of these samples counts as silent."""
         return frame_dbfs(samples) < self.threshold_dbfs
 
-    def push(self, codes: np.ndarray, samples: np.ndarray) -> list[Frame]:
+    def push(
+        self, codes: np.ndarray, samples: np.ndarray, *, level_dbfs: float | None = None
+    ) -> list[Frame]:
         """Take the next generated frame; return the frames safe to emit now, in order.
+
+        ``level_dbfs``, when given, is the frame's level as :func:`frame_dbfs` (or
+        :func:`frames_dbfs`) measured it, so it is not measured again.
 
         Raises RuntimeError once the guard has triggered or finished: the caller must stop.
         """
         if self.triggered or self._finished:
             raise RuntimeError("push() after the silence guard triggered or finished")
         frame = (codes, samples)
-        if not self.is_silent(samples):
+        level = frame_dbfs(samples) if level_dbfs is None else level_dbfs
+        if not level < self.threshold_dbfs:
             out = [*self._held, frame]
             self._held.clear()
             self.silent_run_frames = 0

@@ -186,7 +186,7 @@ def _generate(
         )
     most_frames = max(max_frames, rt.settings.max_audio_length_ms // audio.FRAME_MS)
     turn = TurnAudio(
-        redis=rt.redis,
+        publisher=rt.publisher,
         stream=AudioStreamWriter(
             rt.redis, rt.keys.job_audio(plan.job_id), maxlen=stream_maxlen(most_frames)
         ),

@@ -4,9 +4,10 @@ Callers (the worker's task threads) ``submit`` a prompt and iterate their ``Turn
 and their audio arrive as the loop makes them. After each frame-loop step the thread decodes the
 new frame of every row in one batched streaming pass (``BatchedStreamingDecoder``), so a turn
 gets its frame with its samples. Between frames the loop admits waiting turns into free slots
-(and the decoder) and drops turns that ended, reached their length, were cancelled or failed, so
-a slot frees at once. The loop thread does model and decoder passes only, no I/O: streaming and
-storing happen in the caller's thread. The decoder belongs to this thread alone.
+(prefilled together, and into the decoder) and drops turns that ended, reached their length,
+were cancelled or failed, so a slot frees at once. The loop thread does model and decoder
+passes only, no I/O: the callers stream (``worker.step_publisher``, one Redis pipeline a step)
+and store. The decoder belongs to this thread alone.
 """
 
 from __future__ import annotations
