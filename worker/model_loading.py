@@ -1,4 +1,4 @@
-"""Loading the model a worker serves, with DESIGN.md's one fallback rule.
+"""Loading the model a worker serves, with its one fallback rule.
 
 A model named explicitly that cannot load is an error. Only the default (sesame/csm-1b) may
 fall back, to the tiny random checkpoint, and then every job and /readyz say so.
