@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
 from parley.keys import add_keys_parser, open_mode_refusal
 from parley.speak import add_client_parsers
 from parley.voices import add_voices_parser
@@ -100,7 +102,8 @@ def cmd_tiny_model(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    """Migrate, make sure Redis answers (starting the bundled one if not), start workers, serve."""
+    """Migrate, make sure Redis answers (starting the bundled one for a plain redis:// URL that
+    does not), start workers, serve."""
     from shared.redis_server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
@@ -110,16 +113,26 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     # below, so the workers and Redis started here stop with us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     children: list[subprocess.Popen[bytes]] = []
-    if not redis_answers(settings.redis_url):
+    redis = settings.redis
+    answers = redis_answers(settings.redis_url)
+    if not answers and redis.scheme == "redis":
         url = urlsplit(settings.redis_url)
         port = url.port or 6379
         log.info(
             "no Redis answers at %s; starting the bundled redis-server on port %d",
-            settings.redis_url,
+            redis.redacted,
             port,
         )
         children.append(
             start_redis(port, workdir=Path(".parley/redis"), host=url.hostname or "127.0.0.1")
+        )
+    elif not answers:  # Sentinel, TLS or a socket: a Redis run elsewhere, never one of ours
+        what = "no sentinel names a primary that answers" if redis.is_sentinel else "no answer"
+        log.warning(
+            "Redis at %s: %s; not starting one (the bundled redis-server is only for a plain "
+            "redis:// URL): start that Redis, or correct PARLEY_REDIS_URL",
+            redis.redacted,
+            what,
         )
     try:
         devices = up_worker_devices(settings, args.workers)
@@ -176,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "flower":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # one line a setting, naming it and what is wrong
+        for error in exc.errors():
+            name = "PARLEY_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"parley: {name}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings)
     code: int = args.func(settings, args)
     return code

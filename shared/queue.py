@@ -29,7 +29,8 @@ def broker_queue_key(settings: Settings) -> str:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on the Redis broker, configured for long GPU tasks that must not be lost."""
-    app = Celery("parley", broker=settings.redis_url, set_as_current=False)
+    redis = settings.redis
+    app = Celery("parley", broker=redis.broker_url, set_as_current=False)
     app.conf.update(
         task_default_queue=settings.queue_name,
         task_acks_late=True,
@@ -44,6 +45,8 @@ def create_celery(settings: Settings) -> Celery:
             # Fail fast while Redis is away (the job stays queued in SQL; recovery sends it).
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
+            # On Sentinel: the service whose primary the sentinels name.
+            **redis.broker_transport_options,
         },
         task_publish_retry_policy={
             "max_retries": 2,
