@@ -233,6 +233,14 @@ def run_the_failover(
     wait_until(lambda: listener.body, timeout=30, what="the first streamed audio")
 
     assert sentinel_set.primary_now() == sentinel_set.primary_port
+    # The workers' recovery passes mark Redis with the run id of the server holding the data.
+    with Redis(port=sentinel_set.primary_port) as primary:
+        old_server = primary.info("server")["run_id"]
+    wait_until(
+        lambda: stack.redis.get(stack.keys.epoch()) == old_server.encode(),
+        timeout=30,
+        what="the epoch marker to name the primary",
+    )
     killed_at = time.monotonic()
     sentinel_set.kill("primary")
     # Before the promotion: a turn is still accepted (kept in SQL) and spoken afterwards.
@@ -289,10 +297,12 @@ def run_the_failover(
     )
     assert stored.status_code == 200
     assert listener.body == stored.content[44:]  # the samples after the 44-byte WAV header
-    # The stack runs on the promoted replica now.
+    # The stack runs on the promoted replica now, and the workers saw that another server took
+    # the old one's place (they re-sent from SQL what it may not have had).
     with Redis(port=sentinel_set.replica_port) as new_primary:
         assert new_primary.info("replication")["role"] == "master"
-        assert any(new_primary.scan_iter(match=f"{stack.settings.redis_prefix}:*", count=500))
+        new_server = new_primary.info("server")["run_id"]
+        assert new_primary.get(stack.keys.epoch()) == new_server.encode() != old_server.encode()
 
 
 def test_parley_up_starts_no_redis_for_a_sentinel_url(tmp_path: Path) -> None:
