@@ -103,7 +103,7 @@ def cmd_tiny_model(_settings: Settings, args: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, make sure Redis answers (starting the bundled one if not), then run the workers
     and the API as supervised child processes: any that exits is started again."""
-    from parley.supervisor import Supervisor, command
+    from parley.supervisor import EXIT_MISCONFIGURED, Supervisor, command
     from shared.redis_server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
@@ -138,7 +138,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         supervisor.run()
     finally:
         supervisor.stop()
-    return 0
+    return EXIT_MISCONFIGURED if supervisor.fatal is not None else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
