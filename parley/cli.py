@@ -1,4 +1,4 @@
-"""``parley up | api | worker | flower | migrate | keys | voices | say | render |
+"""``parley up | api | worker | flower | migrate | keys | healthcheck | voices | say | render |
 tiny-model``."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from parley.healthcheck import add_healthcheck_parser
 from parley.keys import add_keys_parser, open_mode_refusal
 from parley.speak import add_client_parsers
 from parley.voices import add_voices_parser
@@ -89,7 +90,12 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
     extra = list(args.extra)
     if not any(a.startswith("--address") for a in extra):
         extra.append("--address=127.0.0.1")
-    code = create_celery(settings).start(["flower", *extra])
+    app = create_celery(settings)
+    # Flower picks its broker view by the broker URL's scheme (redis, sentinel), which a
+    # transport named by module path hides ("'redis' broker is not supported"). Flower takes no
+    # turns, so kombu's own transport for the URL serves it.
+    app.conf.broker_transport = None
+    code = app.start(["flower", *extra])
     return int(code or 0)
 
 
@@ -103,53 +109,54 @@ def cmd_tiny_model(_settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, make sure Redis answers (starting the bundled one for a plain redis:// URL that
-    does not), start workers, serve."""
+    does not), then run the workers and the API as supervised child processes: any that exits
+    is started again."""
+    from parley.supervisor import EXIT_MISCONFIGURED, Supervisor, command
     from shared.redis_server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
     if refuse_open_mode(settings, args):
         return 2
-    # uvicorn re-raises SIGTERM after its own shutdown; make that an exit through `finally`
-    # below, so the workers and Redis started here stop with us.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    children: list[subprocess.Popen[bytes]] = []
-    redis = settings.redis
-    answers = redis_answers(settings.redis_url)
-    if not answers and redis.scheme == "redis":
-        url = urlsplit(settings.redis_url)
-        port = url.port or 6379
-        log.info(
-            "no Redis answers at %s; starting the bundled redis-server on port %d",
-            redis.redacted,
-            port,
-        )
-        children.append(
-            start_redis(port, workdir=Path(".parley/redis"), host=url.hostname or "127.0.0.1")
-        )
-    elif not answers:  # Sentinel, TLS or a socket: a Redis run elsewhere, never one of ours
-        what = "no sentinel names a primary that answers" if redis.is_sentinel else "no answer"
-        log.warning(
-            "Redis at %s: %s; not starting one (the bundled redis-server is only for a plain "
-            "redis:// URL): start that Redis, or correct PARLEY_REDIS_URL",
-            redis.redacted,
-            what,
-        )
+    supervisor = Supervisor()
+    # SIGTERM (a service manager) and SIGINT (Ctrl-C) end the loop; the children stop below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: supervisor.request_stop())
     try:
+        target = settings.redis
+        answers = redis_answers(settings.redis_url)
+        if not answers and target.scheme == "redis":
+            url = urlsplit(settings.redis_url)
+            redis_port, redis_host = url.port or 6379, url.hostname or "127.0.0.1"
+            log.info(
+                "no Redis answers at %s; starting the bundled redis-server on port %d",
+                target.redacted,
+                redis_port,
+            )
+
+            def redis() -> subprocess.Popen[bytes]:
+                return start_redis(redis_port, workdir=Path(".parley/redis"), host=redis_host)
+
+            supervisor.add("redis", redis)
+        elif not answers:  # Sentinel, TLS or a socket: a Redis run elsewhere, never one of ours
+            what = "no sentinel names a primary that answers" if target.is_sentinel else "no answer"
+            log.warning(
+                "Redis at %s: %s; not starting one (the bundled redis-server is only for a "
+                "plain redis:// URL): start that Redis, or correct PARLEY_REDIS_URL",
+                target.redacted,
+                what,
+            )
         devices = up_worker_devices(settings, args.workers)
         if devices:
             log.info("starting %d worker(s) on: %s", len(devices), ", ".join(devices))
-        for device in devices:
-            command = [sys.executable, "-m", "parley", "worker", "--device", device]
-            children.append(subprocess.Popen(command))
-        return cmd_api(settings, args)
+        parley = [sys.executable, "-m", "parley"]
+        for k, device in enumerate(devices):
+            supervisor.add(f"worker-{k}", command([*parley, "worker", "--device", device]))
+        host, port = args.host or settings.host, args.port or settings.port
+        supervisor.add("api", command([*parley, "api", "--host", host, "--port", str(port)]))
+        supervisor.run()
     finally:
-        for child in reversed(children):
-            child.terminate()
-        for child in reversed(children):
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        supervisor.stop()
+    return EXIT_MISCONFIGURED if supervisor.fatal is not None else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_flower)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     add_keys_parser(sub)
+    add_healthcheck_parser(sub)
     add_voices_parser(sub)
     add_client_parsers(sub)
     tiny = sub.add_parser("tiny-model", help="build the tiny random CSM test checkpoint")

@@ -32,6 +32,10 @@ def create_celery(settings: Settings) -> Celery:
     redis = settings.redis
     app = Celery("parley", broker=redis.broker_url, set_as_current=False)
     app.conf.update(
+        # kombu's Redis (or Redis Sentinel) transport, but a broker loss never stops the
+        # worker (see the module). Named here, it wins over the broker URL's scheme.
+        broker_transport="shared.broker_transport:"
+        + ("SentinelTransport" if redis.is_sentinel else "Transport"),
         task_default_queue=settings.queue_name,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from kombu.transport.redis import SentinelChannel
 from pydantic import ValidationError
 from redis import Redis
 from redis.sentinel import SentinelConnectionPool
 
+from shared.broker_transport import Channel, SentinelChannel
 from shared.queue import broker_keyprefix, create_celery
 from shared.redis_url import SENTINEL_PORT, RedisUrl, parse_redis_url, redact
 from shared.settings import Settings
@@ -56,7 +56,7 @@ def test_the_broker_gets_kombus_sentinel_form_and_the_service() -> None:
     assert options["global_keyprefix"] == broker_keyprefix(settings)  # Parley's own kept
     assert options["visibility_timeout"] == 3600 and options["socket_timeout"] == 10
     conn = app.connection_for_write()
-    assert conn.transport.Channel is SentinelChannel  # kombu's Sentinel transport
+    assert conn.transport.Channel is SentinelChannel  # kombu's Sentinel one, as Parley's
     assert conn.alt == ["sentinel://s1:26379/2", "sentinel://s2:26380/2"]
 
 
@@ -66,7 +66,7 @@ def test_the_broker_gets_kombus_sentinel_form_and_the_service() -> None:
         "redis://127.0.0.1:6379/0",
         "redis://:pw@cache.internal:6380/2",
         "rediss://cache.internal:6380/0",
-        "unix:///run/redis/redis.sock?db=1",
+        "unix:///run/redis/redis.sock",
     ],
 )
 def test_plain_urls_stay_as_they_are(url: str) -> None:
@@ -83,7 +83,9 @@ def test_plain_urls_stay_as_they_are(url: str) -> None:
         k: v for k, v in theirs.connection_kwargs.items() if isinstance(v, plain)
     }
     assert {"host", "path"} & set(mine.connection_kwargs)
-    assert create_celery(Settings(redis_url=url)).conf.broker_url == url
+    app = create_celery(Settings(redis_url=url))
+    assert app.conf.broker_url == url
+    assert app.connection_for_write().transport.Channel is Channel
 
 
 def test_a_sentinel_client_asks_the_sentinels_for_the_primary() -> None:
