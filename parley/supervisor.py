@@ -2,7 +2,8 @@
 
 Each child (the bundled Redis when one is needed, every worker, the API) is a process of its
 own. A child that exits for any reason is started again after a backoff (1 s, doubling to a
-cap; back to 1 s once a child has run for a while), with one log line naming it, its pid, its
+cap, for a child that keeps exiting within 10 s of its start; back to 1 s once it has run
+longer), with one log line naming it, its pid, its
 exit code and the delay. SQL is the truth, so a restarted worker loses nothing: what the dead
 one held is re-run by recovery. :meth:`Supervisor.stop` ends them all, last started first.
 """
@@ -48,7 +49,7 @@ class Supervisor:
         *,
         backoff_s: float = 1.0,
         backoff_max_s: float = 30.0,
-        stable_s: float = 60.0,
+        stable_s: float = 10.0,
         poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

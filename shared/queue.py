@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Callable
 
 from celery import Celery
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.dispatch import release_claim
@@ -25,6 +28,25 @@ def broker_keyprefix(settings: Settings) -> str:
 def broker_queue_key(settings: Settings) -> str:
     """The Redis list holding the turn queue's messages (waiting for a worker)."""
     return broker_keyprefix(settings) + settings.queue_name
+
+
+def queued_job_ids(redis: Redis, queue_key: str) -> set[str]:
+    """The ids of the jobs whose messages wait in the broker's turn queue (``queue_key``, see
+    :func:`broker_queue_key`): each message's body is kombu's envelope of the task's
+    ``[args, kwargs, embed]``, the job id first among the args."""
+    found = set()
+    for raw in redis.lrange(queue_key, 0, -1):
+        try:
+            message = json.loads(raw)
+            if message.get("headers", {}).get("task") != RUN_JOB_TASK:
+                continue
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            found.add(str(json.loads(body)[0][0]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            log.warning("a message in %s is not a Parley job message; skipped", queue_key)
+    return found
 
 
 def create_celery(settings: Settings) -> Celery:

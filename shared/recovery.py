@@ -13,7 +13,12 @@ heartbeat repairs all three:
   only from ``queued`` under its conversation's lock, so the second copy is skipped;
 - **an enqueue failed** (the broker was away when the API or a worker sent a job): the claim
   was released, so the conversation's next job waits undispatched with nothing of its
-  conversation in the broker or running. The pass claims and sends it.
+  conversation in the broker or running. The pass claims and sends it;
+- **a worker died as it took a message**: kombu's Redis transport pops a message from the
+  queue and only then records it as unacknowledged, so a worker killed between the two takes
+  the message with it (and one killed after it leaves the message in the unacked set until the
+  hour-long visibility timeout). SQL says the job is in the broker; it is in no queue and no
+  live worker holds it. A job found so on two passes in a row is sent again.
 
 Running jobs whose worker vanished (or that their worker no longer holds):
 
@@ -48,7 +53,7 @@ from shared.errors import NotFound
 from shared.jobs import forget_job_audio
 from shared.keys import RedisKeys
 from shared.models import Job, JobStatus
-from shared.queue import send_or_release
+from shared.queue import queued_job_ids, send_or_release
 from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
@@ -102,6 +107,7 @@ class OrphanReconciler:
         keys: RedisKeys,
         me: str,
         enqueue: Callable[[str, str], None],
+        broker_queue: str,
     ) -> None:
         """``me`` is this worker's name; ``enqueue(job_id, conversation_id)`` sends a job.
         ``reads`` (default ``sessions``) serves the pass's look-ups; on SQLite a read-only
@@ -113,12 +119,16 @@ class OrphanReconciler:
         self._me = me
         self._enqueue = enqueue
         self._suspects: set[Orphan] = set()
+        self._broker_queue = broker_queue
+        # Dispatched jobs seen in no queue and held by no worker on the last pass.
+        self._unseen: set[tuple[str, str]] = set()
 
     def run_once(self) -> list[str]:
         """One pass; the ids of the running jobs it requeued (orphans)."""
         self.resend_if_redis_lost()
         requeued = self.requeue_orphans()
         self.send_stalled()
+        self.resend_lost_messages()
         return requeued
 
     def resend_if_redis_lost(self) -> list[str]:
@@ -159,6 +169,34 @@ class OrphanReconciler:
                 log.warning("job %s was waiting undispatched; sending it now", job_id)
                 if self._send(job_id, conversation_id):
                     sent.append(job_id)
+        return sent
+
+    def resend_lost_messages(self) -> list[str]:
+        """Send again every job SQL says is in the broker that is neither in the turn queue nor
+        held by a live worker, on two passes in a row. A message taken an instant before the
+        first look is held (or running) by the second; a needless copy would be harmless."""
+        with self._reads() as session:
+            dispatched = dispatched_jobs(session)
+        workers = live_workers(self._redis, self._keys)
+        if self._me not in {str(w.get("name")) for w in workers} or not dispatched:
+            self._unseen.clear()  # Redis emptied or flaky (judge nobody), or nothing to judge
+            return []
+        held = {str(j) for w in workers for j in w.get("jobs", ())}
+        candidates = {(j, c) for j, c in dispatched if j not in held}
+        if candidates:
+            queued = queued_job_ids(self._redis, self._broker_queue)
+            candidates = {(j, c) for j, c in candidates if j not in queued}
+        confirmed = candidates & self._unseen
+        self._unseen = candidates - confirmed
+        sent = []
+        for job_id, conversation_id in sorted(confirmed):
+            log.warning(
+                "job %s is dispatched in SQL but in no queue and held by no worker (a worker "
+                "died as it took its message); sending it again",
+                job_id,
+            )
+            if self._send(job_id, conversation_id):
+                sent.append(job_id)
         return sent
 
     def _send(self, job_id: str, conversation_id: str) -> bool:

@@ -20,13 +20,13 @@ from shared.db import make_engine, make_session_factory
 from shared.dispatch import claim_next
 from shared.keys import RedisKeys
 from shared.models import Job, TurnMedia
-from shared.queue import create_celery, enqueue_job
+from shared.queue import broker_queue_key, create_celery, enqueue_job, queued_job_ids
 from shared.recovery import Orphan, OrphanReconciler, requeue_orphan
 from shared.settings import Settings
 from shared.turns import create_generated_turn
 from shared.workers import beat, live_workers
 from tests.expected import expected_codes, served_codes
-from tests.stack import RUNNING_MS, Stack, database
+from tests.stack import RUNNING_MS, Stack, database, wait_until
 from worker.job_state import JobPlan, start_job, succeed_job
 from worker.runtime import HeldJobs
 
@@ -227,6 +227,7 @@ def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heart
             keys=keys,
             me="me",
             enqueue=lambda j, c: sent.append((j, c)),
+            broker_queue=broker_queue_key(settings),
         )
         try:
             assert reconciler.run_once() == []  # no heartbeat of its own: Redis may be empty
@@ -269,6 +270,7 @@ def test_jobs_in_the_broker_are_sent_again_when_another_redis_took_its_place(
             keys=keys,
             me="me",
             enqueue=lambda j, c: sent.append((j, c)),
+            broker_queue=broker_queue_key(settings),
         )
         try:
             assert reconciler.resend_if_redis_lost() == [job_id]  # no marker yet
@@ -285,3 +287,24 @@ def test_jobs_in_the_broker_are_sent_again_when_another_redis_took_its_place(
                 redis.delete(key)
             redis.close()
             db.dispose()
+
+
+def test_a_message_a_dying_worker_took_is_sent_again(make_stack: Callable[..., Stack]) -> None:
+    """kombu pops a message, then records it as unacknowledged: a worker killed in between
+    takes it along. SQL still says the job is in the broker; recovery finds it in no queue and
+    held by no worker, and sends it again."""
+    stack = make_stack("sqlite", workers=1)
+    # Its first pass marks this Redis as known (the epoch), so that no re-send after a lost
+    # Redis rescues the turn below; then no worker runs while its message is taken.
+    wait_until(lambda: stack.redis.exists(stack.keys.epoch()), timeout=30, what="the epoch")
+    stack.stop_workers()
+    cid = stack.conversation()
+    turn = stack.say(cid, 0, "A turn whose message a dying worker took.", max_audio_length_ms=800)
+    queue_key = broker_queue_key(stack.settings)
+    assert queued_job_ids(stack.redis, queue_key) == {turn["job_id"]}
+    assert stack.redis.rpop(queue_key) is not None  # what the dying worker's pop did
+    assert queued_job_ids(stack.redis, queue_key) == set()
+    stack.start_worker()
+    done = stack.wait_job(turn["job_id"], timeout=90)
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    assert "in no queue and held by no worker" in stack.worker_logs(tail=None)

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.queue import enqueue_job
+from shared.queue import broker_queue_key, enqueue_job
 from shared.recovery import OrphanReconciler
 from shared.workers import beat, forget
 from worker.consumer_watch import ConsumerState
@@ -46,6 +46,7 @@ class Heartbeat:
             keys=rt.keys,
             me=rt.name,
             enqueue=lambda job_id, cid: enqueue_job(rt.celery, rt.settings, job_id, cid),
+            broker_queue=broker_queue_key(rt.settings),
         )
 
     def start(self) -> None:
