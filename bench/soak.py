@@ -771,13 +771,21 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
             f"{result['ready_at_end']} / {result['parley_up_alive_at_end']}",
         ),
     ]
+    rows.append(
+        (
+            "fault: recovered / injected; recover s median / worst (first new turn ok)",
+            "",
+        )
+    )
     for kind, k in result["by_kind"].items():
+        rec, new = k["recover_s"], k["new_turn_s"]
         rows.append(
             (
-                f"{kind}: recovered / injected; recover s median / worst",
+                f"  {kind}",
                 f"{k['recovered']} / {k['injected']}"
-                + (f" (of {k['count']})" if k["count"] != k["injected"] else "")
-                + f"; {_s(k['recover_s']['median'])} / {_s(k['recover_s']['worst'])}",
+                + (f" (of {k['count']} tried)" if k["count"] != k["injected"] else "")
+                + f"; {_s(rec['median'])} / {_s(rec['worst'])}"
+                + f" ({_s(new['median'])} / {_s(new['worst'])})",
             )
         )
     return rows
