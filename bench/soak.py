@@ -27,8 +27,10 @@ turn row), unacknowledged (and how many of those were stored anyway). Per fault 
 to recover, from the fault to the later of (a) the first turn posted after it succeeding and
 (b) every turn in flight at it (accepted before it, unfinished) finishing; median and worst.
 
-Prints a table and writes ``bench/results/soak-latest.json``; exits 1 when a turn was lost,
-duplicated or stored damaged, or a fault was never recovered from.
+A fault whose target is already down (a worker or the API being restarted) is skipped and
+counted apart. Prints a table and writes ``bench/results/soak-latest.json``; exits 1 when a
+turn was lost, duplicated or stored damaged, a fault was never recovered from, ``parley up``
+died, or the stack was not ready with every worker at the end.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ class SoakStack:
         self.seen: dict[int, psutil.Process] = {}  # every process of the stack, for the end
         self.stopped: set[int] = set()  # pids under SIGSTOP
         self.rng = random.Random(config.seed)
+        self.api_child = False
         self._redis_lock = threading.Lock()
 
     @property
@@ -209,7 +212,10 @@ class SoakStack:
             stderr=subprocess.STDOUT,
         )
         self.seen[self.up.pid] = psutil.Process(self.up.pid)
-        return self.wait_ready(timeout=300)
+        ready = self.wait_ready(timeout=300)
+        # Whether `parley up` runs the API as a child of its own, or serves it in its process.
+        self.api_child = any(_role(p) == "api" for p in self._children())
+        return ready
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         """/readyz's body once it is 200 with every worker live; {} on timeout."""
@@ -241,10 +247,13 @@ class SoakStack:
         return [p for p in self._children() if _role(p) == "worker" and p.pid not in self.stopped]
 
     def api(self) -> tuple[psutil.Process | None, str]:
-        """The process serving the API: a child ``parley api``, else ``parley up`` itself."""
-        for child in self._children():
-            if _role(child) == "api":
-                return child, "parley api"
+        """The process serving the API: the child ``parley api`` (None while it is being
+        restarted), or ``parley up`` itself where the API runs inside it."""
+        if self.api_child:
+            for child in self._children():
+                if _role(child) == "api":
+                    return child, "parley api"
+            return None, ""
         if self.up is not None and self.up.poll() is None:
             return psutil.Process(self.up.pid), "parley up (the API runs inside it)"
         return None, ""
@@ -256,7 +265,7 @@ class SoakStack:
         if kind in ("worker-kill", "worker-freeze"):
             workers = self.workers()
             if not workers:
-                fault.injected, fault.note = False, "no worker to act on"
+                fault.injected, fault.note = False, self._why_none("no worker running")
                 return fault
             target = self.rng.choice(sorted(workers, key=lambda p: p.pid))
             fault.target = f"worker pid {target.pid}"
@@ -270,7 +279,7 @@ class SoakStack:
         elif kind == "api-kill":
             proc, what = self.api()
             if proc is None:
-                fault.injected, fault.note = False, "no API process"
+                fault.injected, fault.note = False, self._why_none("no API process running")
                 return fault
             fault.target = f"{what} pid {proc.pid}"
             fault.at = time.time()
@@ -278,6 +287,11 @@ class SoakStack:
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
         return fault
+
+    def _why_none(self, what: str) -> str:
+        if self.up_alive():
+            return f"{what} (being restarted): skipped"
+        return f"{what}: `parley up` is gone"
 
     def _freeze(self, target: psutil.Process, fault: Fault) -> None:
         self.stopped.add(target.pid)
@@ -695,7 +709,7 @@ def soak(config: SoakConfig) -> dict[str, Any]:
                 raise chaos.error
             stack.ensure_whole()
             drained_s = drain(database_url, max(0.0, give_up - time.time()))
-            ready_after = stack.wait_ready(timeout=30)
+            ready_after = stack.wait_ready(timeout=60)
             up_alive = stack.up_alive()
             rows = read_rows(database_url)
         finally:
@@ -724,12 +738,16 @@ def failures(result: dict[str, Any]) -> list[str]:
         if t[name]:
             out.append(f"{t[name]} {name}")
     unrecovered = {
-        kind: k["count"] - k["recovered"]
+        kind: k["injected"] - k["recovered"]
         for kind, k in result["by_kind"].items()
-        if k["recovered"] < k["count"]
+        if k["recovered"] < k["injected"]
     }
     if unrecovered:
         out.append(f"faults not recovered from: {unrecovered}")
+    if not result["parley_up_alive_at_end"]:
+        out.append("`parley up` exited")
+    if not result["ready_at_end"]:
+        out.append("the stack was not ready (every worker live) at the end")
     return out
 
 

@@ -52,7 +52,7 @@ def test_read_back_counts_lost_duplicated_unacknowledged_and_recovery() -> None:
     assert not result["faults"][1]["recovered"]
     assert result["by_kind"]["worker-kill"]["recover_s"] == {"median": 7.0, "worst": 7.0}
     assert result["by_kind"]["api-kill"]["recovered"] == 0
-    result["ready_at_end"] = True
+    result["ready_at_end"] = result["parley_up_alive_at_end"] = True
     assert failures(result) == [
         "1 lost",
         "1 duplicated",
