@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -60,12 +61,15 @@ from typing import Any
 
 import httpx
 import psutil
+from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from bench.load import scratch_database
 from bench.service_bench import free_port
 from shared.db import make_engine
 from shared.models import Job, Turn, TurnMedia
+from shared.queue import broker_keyprefix, broker_queue_key
 from shared.redis_server import redis_answers, start_redis
 from shared.settings import Settings
 
@@ -487,6 +491,7 @@ class Row:
     audio_bytes: int | None
     codes_bytes: int | None
     n_q: int | None
+    dispatched: bool = False  # its job sent to the broker (SQL's view)
 
     @property
     def damaged(self) -> bool:
@@ -516,6 +521,7 @@ def read_rows(database_url: str) -> list[Row]:
                     func.length(TurnMedia.audio_flac),
                     func.length(TurnMedia.codes),
                     TurnMedia.n_q,
+                    Job.dispatched,
                 )
                 .join(Job, Job.turn_id == Turn.id)
                 .outerjoin(TurnMedia, TurnMedia.turn_id == Turn.id)
@@ -523,7 +529,7 @@ def read_rows(database_url: str) -> list[Row]:
     finally:
         engine.dispose()
     out = []
-    for tid, text, status, frames, attempts, finished, audio, codes, n_q in rows:
+    for tid, text, status, frames, attempts, finished, audio, codes, n_q, sent in rows:
         match = TAG.search(text or "")
         out.append(
             Row(
@@ -536,9 +542,58 @@ def read_rows(database_url: str) -> list[Row]:
                 audio,
                 codes,
                 n_q,
+                bool(sent),
             )
         )
     return out
+
+
+def unfinished_jobs(posts: list[Post], rows: list[Row]) -> dict[str, bool]:
+    """The job ids of accepted posts whose turn is still queued or running, each with whether
+    SQL says it was sent to the broker (one that was not waits behind its conversation's
+    head job, by design)."""
+    unfinished = {r.turn_id: r.dispatched for r in rows if r.status not in FINISHED}
+    return {p.job_id: unfinished[p.turn_id] for p in posts if p.job_id and p.turn_id in unfinished}
+
+
+def _message_text(raw: bytes) -> str:
+    """A kombu Redis message (or an unacked entry: [message, exchange, routing key]) as
+    text with its body decoded, to look for a job id in."""
+    try:
+        value = json.loads(raw)
+        message = value[0] if isinstance(value, list) else value
+        body = message.get("body", "")
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode(errors="replace")
+        return f"{raw.decode(errors='replace')} {body}"
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return raw.decode(errors="replace")
+
+
+def broker_whereabouts(env: dict[str, str], jobs: dict[str, bool]) -> dict[str, str]:
+    """For each job (id → sent to the broker): ``queue`` (waiting in the broker's queue),
+    ``unacked`` (taken by a worker, not acknowledged: back only after the visibility timeout),
+    ``nowhere``, or ``not sent`` (SQL has not sent it: it waits behind another job)."""
+    job_ids = [j for j, sent in jobs.items() if sent]
+    if not jobs:
+        return {}
+    settings = Settings(redis_prefix=env["PARLEY_REDIS_PREFIX"])
+    prefix = broker_keyprefix(settings)
+    found = {j: "nowhere" if sent else "not sent" for j, sent in jobs.items()}
+    redis = Redis.from_url(env["PARLEY_REDIS_URL"], socket_timeout=10)
+    try:
+        queued = redis.lrange(broker_queue_key(settings), 0, -1)
+        unacked = list(redis.hgetall(prefix + "unacked").values())
+    except (OSError, RedisError) as exc:  # say so rather than fail the read-back
+        return found | dict.fromkeys(job_ids, f"unknown ({type(exc).__name__})")
+    finally:
+        redis.close()
+    for where, raws in (("unacked", unacked), ("queue", queued)):
+        texts = [_message_text(r) for r in raws]
+        for job_id in job_ids:
+            if any(job_id in t for t in texts):
+                found[job_id] = where
+    return found
 
 
 def drain(database_url: str, timeout: float) -> float:
@@ -712,6 +767,7 @@ def soak(config: SoakConfig) -> dict[str, Any]:
             ready_after = stack.wait_ready(timeout=60)
             up_alive = stack.up_alive()
             rows = read_rows(database_url)
+            where = broker_whereabouts(stack.env, unfinished_jobs(posts, rows))
         finally:
             stack.stop()
     result = analyse(posts, rows, chaos.faults)
@@ -726,6 +782,8 @@ def soak(config: SoakConfig) -> dict[str, Any]:
         "ready_at_end": bool(ready_after),
         "parley_up_alive_at_end": up_alive,
         "logs": str(tmp),
+        # Where the broker has the message of each job still unfinished after the drain.
+        "unfinished_in_broker": where,
         **result,
     }
 
@@ -751,6 +809,13 @@ def failures(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _whereabouts(where: dict[str, str]) -> str:
+    places = ("queue", "unacked", "nowhere", "not sent")
+    counts = {k: list(where.values()).count(k) for k in places}
+    other = len(where) - sum(counts.values())
+    return " / ".join(str(n) for n in counts.values()) + (f" ({other} unknown)" if other else "")
+
+
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -771,6 +836,10 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("completed (succeeded)", str(t["completed"])),
         ("failed", str(t["failed"])),
         ("LOST", str(t["lost"])),
+        (
+            "  their jobs' messages: in the queue / unacked / nowhere / not sent",
+            _whereabouts(result.get("unfinished_in_broker", {})),
+        ),
         ("DUPLICATED", str(t["duplicated"])),
         ("damaged (succeeded, media not one attempt's)", str(t["damaged"])),
         ("re-run (attempts > 1)", str(t["rerun"])),
