@@ -32,7 +32,7 @@ class ApiState:
     @classmethod
     def create(cls, settings: Settings) -> ApiState:
         engine = make_engine(settings)
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        redis = settings.redis.client(socket_timeout=5, socket_connect_timeout=2)
         keys = RedisKeys(settings.redis_prefix)
         return cls(
             settings=settings,

@@ -31,7 +31,6 @@ from typing import Any
 import httpx
 import numpy as np
 import soundfile as sf
-from redis import Redis
 
 from bench import summary
 from shared.settings import Settings
@@ -114,7 +113,7 @@ def stack(
         for log in logs:
             if log is not None:
                 log.close()
-        redis = Redis.from_url(Settings().redis_url)
+        redis = Settings().redis.client(socket_timeout=10, socket_connect_timeout=5)
         for key in redis.scan_iter(match=f"{env['PARLEY_REDIS_PREFIX']}:*", count=500):
             redis.delete(key)
         redis.close()

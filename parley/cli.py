@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
 from parley.healthcheck import add_healthcheck_parser
 from parley.keys import add_keys_parser, open_mode_refusal
 from parley.speak import add_client_parsers
@@ -88,7 +90,12 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
     extra = list(args.extra)
     if not any(a.startswith("--address") for a in extra):
         extra.append("--address=127.0.0.1")
-    code = create_celery(settings).start(["flower", *extra])
+    app = create_celery(settings)
+    # Flower picks its broker view by the broker URL's scheme (redis, sentinel), which a
+    # transport named by module path hides ("'redis' broker is not supported"). Flower takes no
+    # turns, so kombu's own transport for the URL serves it.
+    app.conf.broker_transport = None
+    code = app.start(["flower", *extra])
     return int(code or 0)
 
 
@@ -101,9 +108,10 @@ def cmd_tiny_model(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    """Migrate, make sure Redis answers (starting the bundled one if not), then run the workers
-    and the API as supervised child processes: any that exits is started again."""
-    from parley.supervisor import Supervisor, command
+    """Migrate, make sure Redis answers (starting the bundled one for a plain redis:// URL that
+    does not), then run the workers and the API as supervised child processes: any that exits
+    is started again."""
+    from parley.supervisor import EXIT_MISCONFIGURED, Supervisor, command
     from shared.redis_server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
@@ -114,12 +122,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: supervisor.request_stop())
     try:
-        if not redis_answers(settings.redis_url):
+        target = settings.redis
+        answers = redis_answers(settings.redis_url)
+        if not answers and target.scheme == "redis":
             url = urlsplit(settings.redis_url)
             redis_port, redis_host = url.port or 6379, url.hostname or "127.0.0.1"
             log.info(
                 "no Redis answers at %s; starting the bundled redis-server on port %d",
-                settings.redis_url,
+                target.redacted,
                 redis_port,
             )
 
@@ -127,6 +137,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                 return start_redis(redis_port, workdir=Path(".parley/redis"), host=redis_host)
 
             supervisor.add("redis", redis)
+        elif not answers:  # Sentinel, TLS or a socket: a Redis run elsewhere, never one of ours
+            what = "no sentinel names a primary that answers" if target.is_sentinel else "no answer"
+            log.warning(
+                "Redis at %s: %s; not starting one (the bundled redis-server is only for a "
+                "plain redis:// URL): start that Redis, or correct PARLEY_REDIS_URL",
+                target.redacted,
+                what,
+            )
         devices = up_worker_devices(settings, args.workers)
         if devices:
             log.info("starting %d worker(s) on: %s", len(devices), ", ".join(devices))
@@ -138,7 +156,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         supervisor.run()
     finally:
         supervisor.stop()
-    return 0
+    return EXIT_MISCONFIGURED if supervisor.fatal is not None else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "flower":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # one line a setting, naming it and what is wrong
+        for error in exc.errors():
+            name = "PARLEY_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"parley: {name}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings)
     code: int = args.func(settings, args)
     return code

@@ -20,11 +20,9 @@ from shared.workers import live_workers
 
 
 def cmd_healthcheck(settings: Settings, _args: argparse.Namespace) -> int:
-    from redis import Redis
-
     host = socket.gethostname()
     try:
-        client = Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+        client = settings.redis.client(socket_timeout=3, socket_connect_timeout=3)
         try:
             workers = live_workers(client, RedisKeys(settings.redis_prefix))
         finally:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+# What `parley worker` and `parley api` exit with when they cannot start as configured.
+EXIT_MISCONFIGURED = 2
+
 Start = Callable[[], "subprocess.Popen[bytes]"]
 
 
@@ -56,6 +59,8 @@ class Supervisor:
         self._clock = clock
         self.children: list[Child] = []
         self._stopping = threading.Event()
+        # The child that exited as misconfigured, which stopped everything.
+        self.fatal: Child | None = None
 
     def add(self, name: str, start: Start, *, proc: subprocess.Popen[bytes] | None = None) -> Child:
         """Supervise ``name``; ``start()`` makes its process. ``proc``: one already started."""
@@ -86,6 +91,17 @@ class Supervisor:
                 child.quick_exits = 1 if ran_s >= self.stable_s else child.quick_exits + 1
                 if self._stopping.is_set():
                     continue
+                if code == EXIT_MISCONFIGURED:
+                    log.error(
+                        "%s (pid %d) exited with code %d: it cannot start as configured (its "
+                        "log says why); stopping everything",
+                        child.name,
+                        proc.pid,
+                        code,
+                    )
+                    self.fatal = child
+                    self._stopping.set()
+                    return
                 delay = self.delay_for(child)
                 child.restart_at = now + delay
                 log.warning(

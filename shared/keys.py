@@ -40,6 +40,8 @@ class RedisKeys:
         return f"{self.prefix}:metrics:{histogram}"
 
     def epoch(self) -> str:
-        """A marker that lives as long as Redis keeps its data: when it is missing, Redis lost
-        everything (a restart without persistence), broker messages included."""
+        """The run id of the Redis server that set it: when it is missing, Redis lost
+        everything (a restart without persistence), broker messages included; when it names
+        another server, a failover or restart put one in place that may lack the newest
+        writes (see ``shared.recovery``)."""
         return f"{self.prefix}:epoch"

@@ -29,10 +29,13 @@ def broker_queue_key(settings: Settings) -> str:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on the Redis broker, configured for long GPU tasks that must not be lost."""
-    app = Celery("parley", broker=settings.redis_url, set_as_current=False)
+    redis = settings.redis
+    app = Celery("parley", broker=redis.broker_url, set_as_current=False)
     app.conf.update(
-        # kombu's Redis transport, but a broker loss never stops the worker (see the module).
-        broker_transport="shared.broker_transport:Transport",
+        # kombu's Redis (or Redis Sentinel) transport, but a broker loss never stops the
+        # worker (see the module). Named here, it wins over the broker URL's scheme.
+        broker_transport="shared.broker_transport:"
+        + ("SentinelTransport" if redis.is_sentinel else "Transport"),
         task_default_queue=settings.queue_name,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -46,6 +49,8 @@ def create_celery(settings: Settings) -> Celery:
             # Fail fast while Redis is away (the job stays queued in SQL; recovery sends it).
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
+            # On Sentinel: the service whose primary the sentinels name.
+            **redis.broker_transport_options,
         },
         task_publish_retry_policy={
             "max_retries": 2,

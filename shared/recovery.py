@@ -4,10 +4,13 @@ Three things can leave an accepted turn stranded, and every live worker's pass a
 heartbeat repairs all three:
 
 - **its worker vanished** (killed, crashed, its machine gone): see below;
-- **Redis lost its data** (restarted without persistence): the broker's messages are gone with
-  it. Redis keeps a marker key (``RedisKeys.epoch``); the pass that finds it missing sets it
-  again and re-sends every job SQL says is in the broker. A duplicate message is harmless: a
-  job starts only from ``queued`` under its conversation's lock, so the second copy is skipped;
+- **Redis lost its data** (restarted without persistence), **or another server took its
+  place** (a Sentinel failover promoted a replica that had not received the newest writes, or
+  a restart loaded an older snapshot): the broker's messages are gone with it, or some of them.
+  Redis keeps a marker key (``RedisKeys.epoch``) holding the run id of the server that holds
+  it; the pass that finds it missing or naming another server sets it to the current one and
+  re-sends every job SQL says is in the broker. A duplicate message is harmless: a job starts
+  only from ``queued`` under its conversation's lock, so the second copy is skipped;
 - **an enqueue failed** (the broker was away when the API or a worker sent a job): the claim
   was released, so the conversation's next job waits undispatched with nothing of its
   conversation in the broker or running. The pass claims and sends it.
@@ -44,11 +47,19 @@ from shared.dispatch import (
 from shared.errors import NotFound
 from shared.jobs import forget_job_audio
 from shared.keys import RedisKeys
-from shared.models import Job, JobStatus, new_id
+from shared.models import Job, JobStatus
 from shared.queue import send_or_release
 from shared.workers import live_workers
 
 log = logging.getLogger(__name__)
+
+# Set the epoch marker (KEYS[1]) to this server's run id (ARGV[1]); 1 when it was missing or
+# named another server, 0 when it already named this one. Atomic: one pass wins.
+_MARK_SERVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -111,16 +122,20 @@ class OrphanReconciler:
         return requeued
 
     def resend_if_redis_lost(self) -> list[str]:
-        """When Redis lost its data (no epoch marker), re-send every job SQL has in the broker.
-        The ids re-sent; empty when Redis kept its data (or another worker got there first)."""
-        if not self._redis.set(self._keys.epoch(), new_id(), nx=True):
+        """When Redis lost its data (no epoch marker) or is another server than the one that
+        set the marker (a failover, a restart), re-send every job SQL has in the broker. The
+        ids re-sent; empty when the same Redis kept its data (or another worker got there
+        first)."""
+        server = str(self._redis.info("server")["run_id"])
+        if not self._redis.eval(_MARK_SERVER, 1, self._keys.epoch(), server):
             return []
         with self._reads() as session:
             jobs = dispatched_jobs(session)
         if jobs:
             log.warning(
-                "Redis has no epoch marker (it lost its data, or this is its first use): "
-                "re-sending the %d jobs SQL says are queued in the broker",
+                "Redis lost its data, or another server took its place (a failover, a restart), "
+                "or this is its first use: re-sending the %d jobs SQL says are queued in the "
+                "broker",
                 len(jobs),
             )
         for job_id, conversation_id in jobs:

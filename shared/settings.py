@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.compile_modes import COMPILE_AUTO, COMPILE_MODES, COMPILE_OFF
 from shared.devices import is_device
+from shared.redis_url import RedisUrl, parse_redis_url
 
 DEFAULT_MODEL = "sesame/csm-1b"
 # Room for a multipart upload's boundaries and small fields around its audio file.
@@ -22,9 +23,13 @@ REQUEST_BYTES_MARGIN = 1024 * 1024
 class Settings(BaseSettings):
     """Every knob of Parley, read from ``PARLEY_*`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+    # Errors name the setting and the problem, never echo a value (URLs and keys hold secrets).
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = "sqlite:///./parley.db"
+    # redis://, rediss://, unix://, or Sentinel: redis+sentinel://H:P[,H:P...]/SERVICE[/DB].
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Namespaces every Redis key and the Celery queue, so several stacks share one Redis.
     redis_prefix: str = "parley"
@@ -103,6 +108,12 @@ class Settings(BaseSettings):
     def _strip_keys(cls, value: str) -> str:
         return ",".join(k.strip() for k in value.split(",") if k.strip())
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: str) -> str:
+        parse_redis_url(value)  # a ValueError naming what is wrong (the password redacted)
+        return value
+
     @field_validator("compile")
     @classmethod
     def _known_compile_mode(cls, value: str) -> str:
@@ -145,6 +156,11 @@ class Settings(BaseSettings):
         if self.max_request_bytes is not None:
             return self.max_request_bytes
         return self.max_upload_bytes + REQUEST_BYTES_MARGIN
+
+    @property
+    def redis(self) -> RedisUrl:
+        """``redis_url`` parsed: where every Redis client and the broker connect."""
+        return parse_redis_url(self.redis_url)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 from fastapi.testclient import TestClient
-from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.app import create_app
@@ -82,7 +81,7 @@ class Stack:
         self.settings = Settings(
             **{k.removeprefix("PARLEY_").lower(): v for k, v in self.env.items()}
         )
-        self.redis = Redis.from_url(self.settings.redis_url)
+        self.redis = self.settings.redis.client()
         self.keys = RedisKeys(self.settings.redis_prefix)
         self.app = create_app(self.settings)
         self.client = TestClient(self.app)

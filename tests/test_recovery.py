@@ -241,3 +241,47 @@ def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heart
                 redis.delete(key)
             redis.close()
             db.dispose()
+
+
+def test_jobs_in_the_broker_are_sent_again_when_another_redis_took_its_place(
+    tmp_path: Path,
+) -> None:
+    """The epoch marker names the Redis server that set it: a marker that is missing (Redis
+    lost its data) or names another server (a failover promoted a replica that may lack the
+    newest messages) re-sends what SQL says is in the broker; the same server re-sends nothing."""
+    with database("sqlite", tmp_path) as url:
+        settings = Settings(database_url=url, redis_prefix=f"parley-test-{uuid.uuid4().hex[:10]}")
+        db = make_engine(settings)
+        sessions = make_session_factory(db)
+        redis = Redis.from_url(settings.redis_url)
+        keys = RedisKeys(settings.redis_prefix)
+        with sessions() as s:
+            cid = create_conversation(s, owner="o", max_context_turns=5, metadata={}).id
+            job_id = create_generated_turn(
+                s, owner="o", conversation_id=cid, speaker=0, text="t", params={}
+            ).job.id
+            claim_next(s, cid)  # in the broker, as far as SQL knows
+            s.commit()
+        sent: list[tuple[str, str]] = []
+        reconciler = OrphanReconciler(
+            sessions=sessions,
+            redis=redis,
+            keys=keys,
+            me="me",
+            enqueue=lambda j, c: sent.append((j, c)),
+        )
+        try:
+            assert reconciler.resend_if_redis_lost() == [job_id]  # no marker yet
+            run_id = redis.info("server")["run_id"]
+            assert redis.get(keys.epoch()) == run_id.encode()
+            assert reconciler.resend_if_redis_lost() == []  # the same server kept its data
+            redis.set(keys.epoch(), "f" * 40)  # as replicated from a primary now gone
+            assert reconciler.resend_if_redis_lost() == [job_id]
+            assert redis.get(keys.epoch()) == run_id.encode()
+            assert reconciler.resend_if_redis_lost() == []
+            assert sent == [(job_id, cid), (job_id, cid)]
+        finally:
+            for key in redis.scan_iter(match=f"{settings.redis_prefix}:*"):
+                redis.delete(key)
+            redis.close()
+            db.dispose()

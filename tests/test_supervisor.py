@@ -99,3 +99,16 @@ def test_a_child_that_cannot_start_is_tried_again(caplog: pytest.LogCaptureFixtu
     finally:
         sup.stop(timeout_s=5)
     assert "redis could not be restarted (redis-server did not answer)" in caplog.text
+
+
+def test_a_misconfigured_child_stops_everything(caplog: pytest.LogCaptureFixture) -> None:
+    sup = Supervisor(backoff_s=0.05)
+    try:
+        other = sup.add("api", command(python("import time; time.sleep(60)")))
+        bad = sup.add("worker-0", command(python("import sys; sys.exit(2)")))
+        sup.run()  # returns: the misconfigured child stopped it
+    finally:
+        sup.stop(timeout_s=5)
+    assert sup.fatal is bad and bad.restarts == 0
+    assert other.proc is not None and other.proc.poll() is not None
+    assert "worker-0 (pid" in caplog.text and "cannot start as configured" in caplog.text

@@ -102,3 +102,25 @@ def test_parley_up_serves_a_turn_with_its_own_redis(tmp_path: Path, tiny_model_d
     for name in ("redis", "worker-0", "api"):
         assert f"{name} (pid {children[name.split('-')[0]].pid}) exited with code -9" in text
         assert f"{name} restarted (pid " in text
+
+
+def test_parley_up_stops_when_its_worker_cannot_load_the_model(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'parley.db'}",
+        "PARLEY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "PARLEY_MODEL": str(tmp_path / "no-such-checkpoint"),
+        "PARLEY_WORKER_TORCH_THREADS": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "parley", "up", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "worker cannot start" in out.stderr  # the worker's own reason
+    assert "worker-0 (pid" in out.stderr and "cannot start as configured" in out.stderr
+    assert "restarted" not in out.stderr

@@ -90,7 +90,7 @@ class WorkerRuntime:
         cls, settings: Settings, engine: CsmEngine, *, name: str | None = None
     ) -> WorkerRuntime:
         db = make_engine(settings)
-        redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        redis = settings.redis.client(socket_timeout=10, socket_connect_timeout=5)
         publisher = StepPublisher(redis)
         publisher.start()
         return cls(

@@ -28,7 +28,6 @@ import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
@@ -146,8 +145,7 @@ class LiveAudio:
         self._state = state
         self._job_id = job_id
         self._turn_id = turn_id
-        self._redis = AsyncRedis.from_url(
-            state.settings.redis_url,
+        self._redis = state.settings.redis.async_client(
             socket_timeout=IDLE_CHECK_MS / 1000 + 10,
             socket_connect_timeout=5,
         )
