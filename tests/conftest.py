@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.http_server import serve
+from tests.processes import OwnRedis
 from tests.stack import Stack, database, running_stack
 
 DB_KINDS = ["sqlite", "postgresql"]
@@ -75,3 +76,13 @@ def server(stack: Stack) -> Iterator[str]:
     """The module's ``stack`` (its own fixture, or the one above) served over real HTTP."""
     with serve(stack) as url:
         yield url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of the test's own (no persistence), which the test may kill."""
+    server = OwnRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    if server.proc is not None:
+        server.kill()

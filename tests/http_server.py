@@ -3,7 +3,6 @@ concurrently; the TestClient buffers a whole response before returning it)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,13 +11,8 @@ from contextlib import contextmanager
 import uvicorn
 
 from api.app import create_app
+from tests.processes import free_port
 from tests.stack import Stack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

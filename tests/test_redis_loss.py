@@ -9,12 +9,9 @@ every turn's codes equal what the engine speaks with exactly the earlier turns a
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,47 +19,13 @@ import pytest
 from redis import Redis
 
 from shared.audio_stream import AudioStreamReader
-from shared.redis_server import start_redis
 from tests.expected import expected_codes, served_codes
+from tests.processes import OwnRedis
 from tests.stack import Stack
 
 LONGEST = {"max_audio_length_ms": 30_000, "temperature": 0}  # 375 frames: running at the kill
 LONG = {"max_audio_length_ms": 6_000, "temperature": 0}  # queued in the broker at the kill
 SHORT = {"max_audio_length_ms": 800, "temperature": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OwnRedis:
-    """A redis-server of the test's own, which the test may kill and start again (empty)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = start_redis(self.port, workdir=self.workdir)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.kill()
 
 
 class Listener(threading.Thread):

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,20 +18,11 @@ import pytest
 from redis import Redis
 
 from shared.audio_stream import PCM_FIELD, AudioStreamWriter
-from tests.test_redis_loss import OwnRedis
+from tests.processes import OwnRedis
 from worker.engine.csm import SamplingParams
 from worker.silence import SilenceGuard, frame_dbfs
 from worker.step_publisher import StepPublisher
 from worker.turn_audio import TurnAudio
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.kill()
 
 
 @pytest.fixture
