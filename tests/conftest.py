@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.http_server import serve
-from tests.processes import OwnRedis
+from tests.processes import RECOVERY, OwnRedis
 from tests.stack import Stack, database, running_stack
 
 DB_KINDS = ["sqlite", "postgresql"]
@@ -86,3 +86,13 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     yield server
     if server.proc is not None:
         server.kill()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault cases' recovery times (tests/test_faults.py), when any ran."""
+    if not RECOVERY:
+        return
+    terminalreporter.section("time from each fault to the next turn's success")
+    width = max(len(name) for name, _, _ in RECOVERY)
+    for name, seconds, notes in RECOVERY:
+        terminalreporter.write_line(f"{name:<{width}}  {seconds:6.1f} s  {notes}")

@@ -1,0 +1,547 @@
+"""The fault matrix (issue 12): real processes, real faults, and every accepted turn spoken
+exactly once with the engine's codes, the service recovering without a human.
+
+Two deployments (``tests.processes.Deployment``): ``up`` (one ``parley up`` process, SQLite)
+and ``separate`` (``parley api`` + ``parley worker`` processes on PostgreSQL, which the test
+restarts ~1 s after any of them exits, as docker compose's ``restart: unless-stopped`` would).
+Each deployment has a Redis server of the test's own.
+
+Moments: ``idle`` (no turn in flight), ``accepted`` (at once after the last 202), ``mid_turn``
+(long turns running, a few frames made), ``storing`` (a finished turn's store held up by a lock
+the test takes: ``LOCK TABLE turn_media`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite; the
+fault lands while it waits, then the lock is let go).
+
+Every case checks: each post's turn ends ``succeeded``; one turn row per post, in order; each
+turn's codes are what the engine (in this process) speaks with exactly the earlier turns as
+context; no job is left queued or running in SQL. It reports the time from the fault to the
+success of a turn posted once what was killed is back (``RECOVERY``, printed at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+from sqlalchemy import func, select
+
+from shared import audio
+from shared.db import make_engine, make_session_factory
+from shared.models import Job
+from shared.settings import Settings
+from tests.expected import expected_codes, served_codes
+from tests.pg_cluster import PgCluster, parley_cluster
+from tests.processes import RECOVERY, Deployment, OwnRedis
+from tests.stack import database
+
+SHORT = {"max_audio_length_ms": 800, "temperature": 0}  # 10 frames
+LONG = {"max_audio_length_ms": 30_000, "temperature": 0}  # 375 frames: running at the fault
+LONGEST = {"max_audio_length_ms": 150_000, "temperature": 0}  # 1875 frames: streaming at it
+REDIS_AWAY_S = 3.0  # how long a killed Redis stays away
+PG_AWAY_S = 2.0
+DB_OF = {"up": "sqlite", "separate": "postgresql"}
+
+
+@dataclass
+class Posted:
+    cid: str
+    id: str
+    job_id: str
+    speaker: int
+    text: str
+    params: dict[str, Any]
+
+
+@dataclass
+class Case:
+    """One fault case: its deployment, what it posted, and its report."""
+
+    name: str
+    dep: Deployment
+    posted: dict[str, list[Posted]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def post(self, cid: str, speaker: int, text: str, params: dict[str, Any]) -> Posted:
+        got = self.dep.say(cid, speaker, text, **params)
+        turn = Posted(cid, got["id"], got["job_id"], speaker, text, params)
+        self.posted.setdefault(cid, []).append(turn)
+        return turn
+
+    def conversations(self, first: dict[str, Any], n: int = 3) -> list[list[Posted]]:
+        """``n`` conversations of two turns each: ``first``, then a short answer."""
+        out = []
+        for i in range(n):
+            cid = self.dep.conversation()
+            out.append(
+                [
+                    self.post(cid, 0, f"Conversation {i} opens here.", first),
+                    self.post(cid, 1, f"And conversation {i} answers.", SHORT),
+                ]
+            )
+        return out
+
+    def wait_running(self, turn: Posted, frames: int = 3) -> dict[str, Any]:
+        deadline = time.monotonic() + 120
+        while True:
+            job = self.dep.job(turn.job_id)
+            if job["status"] == "running" and job["progress"].get("frames", 0) >= frames:
+                return job
+            assert job["status"] in ("queued", "running"), job
+            assert time.monotonic() < deadline, (job, self.dep.logs())
+            time.sleep(0.02)
+
+    def probe(self, fault_at: float) -> float:
+        """Post a short turn in a new conversation as soon as the API takes it (waiting out a
+        refused connection or a 503), wait for its success; the time since the fault."""
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                r = self.dep.http.post("/v1/conversations", json={})
+                if r.status_code == 201:
+                    break
+                assert r.status_code == 503, r.text
+            except httpx.TransportError:
+                pass
+            self.dep.check_alive()
+            assert time.monotonic() < deadline, self.dep.logs()
+            time.sleep(0.1)
+        turn = self.post(r.json()["id"], 0, "The next turn after the fault.", SHORT)
+        done = self.dep.wait_job(turn.job_id, timeout=180)
+        assert done["status"] == "succeeded", (done, self.dep.logs())
+        return time.monotonic() - fault_at
+
+    def report(self, recovered_s: float) -> None:
+        RECOVERY.append((self.name, recovered_s, "; ".join(self.notes)))
+
+
+_EXPECTED: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def expected(engine: Any, dep: Deployment, context: list[dict[str, Any]], turn: Posted) -> Any:
+    """The engine's codes for ``turn`` after ``context`` (served turns), computed once per
+    distinct (context codes, speaker, text, params) for the whole session."""
+    ctx = tuple(
+        (t["speaker"], t["text"], served_codes(dep, turn.cid, t["id"]).tobytes()) for t in context
+    )
+    key = (ctx, turn.speaker, turn.text, tuple(sorted(turn.params.items())))
+    if key not in _EXPECTED:
+        _EXPECTED[key] = expected_codes(
+            engine, dep, turn.cid, context, turn.speaker, turn.text, **turn.params
+        )
+    return _EXPECTED[key]
+
+
+def check_exactly_once(case: Case, engine: Any) -> None:
+    dep = case.dep
+    for turns in case.posted.values():
+        for turn in turns:
+            done = dep.wait_job(turn.job_id, timeout=180)
+            assert done["status"] == "succeeded", (done, dep.logs())
+    for cid, turns in case.posted.items():
+        served = dep.turns(cid)
+        assert [t["id"] for t in served] == [t.id for t in turns], (served, turns)
+        assert all(t["status"] == "succeeded" for t in served), served
+        for k, turn in enumerate(turns):
+            np.testing.assert_array_equal(
+                served_codes(dep, cid, turn.id),
+                expected(engine, dep, served[:k], turn),
+                err_msg=f"turn {k} of {cid}",
+            )
+    db = make_engine(Settings(database_url=dep.db_url))
+    try:
+        with make_session_factory(db)() as session:
+            by_status = dict(
+                session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            )
+    finally:
+        db.dispose()
+    posts = sum(len(t) for t in case.posted.values())
+    assert by_status == {"succeeded": posts}, by_status  # nothing queued, running, or doubled
+
+
+# --- holding up a store ------------------------------------------------------------------------
+
+
+class StoreBlock:
+    """Holds up every store of a finished turn while held: a lock on ``turn_media`` on
+    PostgreSQL (the store waits on it, visibly in ``pg_locks``), the write lock on SQLite."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.sqlite = db_url.startswith("sqlite")
+        self.conn: Any = None
+        self.released_at: datetime | None = None
+
+    def hold(self) -> None:
+        if self.sqlite:
+            path = self.db_url.removeprefix("sqlite:///")
+            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            self.conn = psycopg.connect(self.db_url)
+            self.conn.execute("LOCK TABLE turn_media IN ACCESS EXCLUSIVE MODE")
+
+    def wait_blocked(self, case: Case, turn: Posted) -> None:
+        """Until ``turn`` has made all its frames and (PostgreSQL) its store waits on the lock.
+        SQLite cannot show a waiter: the turn is given a second to encode and reach the store."""
+        frames = turn.params["max_audio_length_ms"] // audio.FRAME_MS
+        case.wait_running(turn, frames=frames)
+        if self.sqlite:
+            time.sleep(1.0)
+            return
+        deadline = time.monotonic() + 60
+        with psycopg.connect(self.db_url, autocommit=True) as watcher:
+            while not watcher.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON l.relation = c.oid"
+                " WHERE c.relname = 'turn_media' AND NOT l.granted"
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, case.dep.logs()
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.rollback() if not self.sqlite else self.conn.execute("ROLLBACK")
+            self.conn.close()
+            self.conn = None
+            self.released_at = datetime.now(UTC)
+
+    def check_stored_after(self, case: Case, turn: Posted) -> None:
+        """The turn was stored after the lock was let go: the fault found it storing."""
+        assert self.released_at is not None
+        finished = datetime.fromisoformat(case.dep.job(turn.job_id)["finished_at"])
+        assert finished >= self.released_at, (finished, self.released_at)
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deploy(
+    tmp_path: Path, tiny_model_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Case]]:
+    """``deploy(kind, redis, db_url=None, workers=1)``: a started deployment in a ``Case``."""
+    made: list[Deployment] = []
+    contexts: list[Any] = []
+
+    def build(kind: str, redis: OwnRedis, *, db_url: str | None = None, workers: int = 1) -> Case:
+        if db_url is None:
+            ctx = database(DB_OF[kind], tmp_path)
+            db_url = ctx.__enter__()
+            contexts.append(ctx)
+        tmp = tmp_path / f"{kind}-{len(made)}"
+        tmp.mkdir()
+        dep = Deployment(
+            kind,
+            tmp=tmp,
+            db_url=db_url,
+            redis_url=redis.url,
+            model=str(tiny_model_dir),
+            workers=workers,
+            max_audio_length_ms=LONGEST["max_audio_length_ms"],
+        )
+        made.append(dep)
+        began = time.monotonic()
+        dep.start()
+        case = Case(request.node.name, dep)
+        case.notes.append(f"started in {time.monotonic() - began:.1f} s")
+        return case
+
+    yield build
+    for dep in made:
+        dep.close()
+    for ctx in reversed(contexts):
+        ctx.__exit__(None, None, None)
+
+
+def own_redis_server(tmp_path: Path, persist: bool) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path / "redis", persist=persist)
+    server.start()
+    yield server
+    if server.proc is not None:
+        server.kill()
+
+
+@pytest.fixture
+def redis_empty(tmp_path: Path) -> Iterator[OwnRedis]:
+    yield from own_redis_server(tmp_path, persist=False)
+
+
+# --- moments ----------------------------------------------------------------------------------
+
+
+def reach_moment(case: Case, moment: str) -> tuple[Posted | None, StoreBlock | None]:
+    """Post what the moment needs and return when it has come: (the turn it is about, the
+    store block to let go after the fault, if any)."""
+    if moment == "idle":
+        return None, None
+    if moment == "accepted":
+        convs = case.conversations(SHORT)
+        case.notes.append("")  # the kill's delay after the last 202, filled in by the fault
+        return convs[0][0], None
+    convs = case.conversations(LONG)
+    first = convs[0][0]
+    case.wait_running(first)
+    if moment == "mid_turn":
+        return first, None
+    assert moment == "storing", moment
+    block = StoreBlock(case.dep.db_url)
+    block.hold()
+    try:
+        block.wait_blocked(case, first)
+    except BaseException:
+        block.release()
+        raise
+    return first, block
+
+
+def accepted_gap(case: Case, last_post_at: float) -> None:
+    if "" in case.notes:
+        gap_ms = (time.monotonic() - last_post_at) * 1000
+        case.notes[case.notes.index("")] = f"fault {gap_ms:.1f} ms after the last 202"
+
+
+# --- Redis killed -----------------------------------------------------------------------------
+
+REDIS_CASES = [
+    pytest.param("up", moment, restart, id=f"up-{moment}-{restart}")
+    for moment in ("idle", "accepted", "mid_turn", "storing")
+    for restart in ("empty", "data")
+] + [
+    pytest.param("separate", "accepted", "empty", id="separate-accepted-empty"),
+    pytest.param("separate", "storing", "data", id="separate-storing-data"),
+]
+
+
+@pytest.mark.parametrize(("kind", "moment", "restart"), REDIS_CASES)
+def test_redis_killed(
+    deploy: Callable[..., Case],
+    tmp_path: Path,
+    engine: Any,
+    kind: str,
+    moment: str,
+    restart: str,
+) -> None:
+    redis = OwnRedis(tmp_path / "redis", persist=restart == "data")
+    redis.start()
+    try:
+        case = deploy(kind, redis)
+        turn, block = reach_moment(case, moment)
+        last_post = time.monotonic()
+        redis.kill()
+        fault_at = time.monotonic()
+        accepted_gap(case, last_post)
+        if block is not None:
+            block.release()
+        time.sleep(REDIS_AWAY_S)
+        redis.start()  # empty, or with every write it acknowledged
+        case.notes.append(f"Redis away {time.monotonic() - fault_at:.1f} s, back {restart}")
+        if moment == "idle":
+            case.conversations(SHORT)
+        recovered = case.probe(fault_at)
+        check_exactly_once(case, engine)
+        if block is not None and turn is not None:
+            block.check_stored_after(case, turn)
+        case.report(recovered)
+    finally:
+        if redis.proc is not None:
+            redis.kill()
+
+
+# --- a worker killed --------------------------------------------------------------------------
+
+WORKER_CASES = [
+    pytest.param("separate", sig, moment, id=f"separate-{sig}-{moment}")
+    for sig in ("SIGKILL", "SIGTERM")
+    for moment in ("accepted", "mid_turn", "storing")
+] + [pytest.param("up", "SIGKILL", "mid_turn", id="up-SIGKILL-mid_turn")]
+
+
+def worker_pid(case: Case, job_id: str | None) -> int:
+    """The pid of the worker running ``job_id`` (or of the only worker)."""
+    pids = case.dep.worker_pids()
+    if job_id is not None:
+        name = case.dep.job(job_id)["worker"]
+        if name is not None:
+            return pids[name]
+    (pid,) = pids.values()
+    return pid
+
+
+@pytest.mark.parametrize(("kind", "sig", "moment"), WORKER_CASES)
+def test_worker_killed(
+    deploy: Callable[..., Case],
+    redis_empty: OwnRedis,
+    engine: Any,
+    kind: str,
+    sig: str,
+    moment: str,
+) -> None:
+    case = deploy(kind, redis_empty)
+    (only,) = case.dep.worker_pids().values()  # asked before: `accepted` has no time to ask
+    turn, block = reach_moment(case, moment)
+    pid = only if moment == "accepted" else worker_pid(case, turn.job_id if turn else None)
+    last_post = time.monotonic()
+    os.kill(pid, getattr(signal, sig))
+    fault_at = time.monotonic()
+    accepted_gap(case, last_post)
+    if block is not None:
+        block.release()
+    recovered = case.probe(fault_at)
+    check_exactly_once(case, engine)
+    if block is not None and turn is not None:
+        block.check_stored_after(case, turn)
+    assert pid not in case.dep.worker_pids().values()  # the worker is a new one
+    case.notes.append(f"exits seen by the test's restarter: {case.dep.exits}")
+    case.report(recovered)
+
+
+# --- a worker frozen --------------------------------------------------------------------------
+
+
+def test_worker_frozen_past_heartbeat(
+    deploy: Callable[..., Case], redis_empty: OwnRedis, engine: Any
+) -> None:
+    """SIGSTOP longer than its heartbeat lives: the other worker takes its turn over; resumed,
+    it finds its attempt taken over and discards it."""
+    case = deploy("separate", redis_empty, workers=2)
+    convs = case.conversations(LONG)
+    first = convs[0][0]
+    job = case.wait_running(first)
+    frozen = job["worker"]
+    pid = case.dep.worker_pids()[frozen]
+    os.kill(pid, signal.SIGSTOP)
+    fault_at = time.monotonic()
+    try:
+        deadline = time.monotonic() + 60
+        while frozen in case.dep.worker_pids():  # its heartbeat key expires
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        case.notes.append(f"heartbeat gone {time.monotonic() - fault_at:.1f} s after SIGSTOP")
+        while case.dep.job(first.job_id)["attempts"] < 2:  # the other worker took it over
+            assert time.monotonic() < deadline, case.dep.logs()
+            time.sleep(0.1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    case.notes.append(f"resumed after {time.monotonic() - fault_at:.1f} s")
+    recovered = case.probe(fault_at)
+    check_exactly_once(case, engine)
+    done = case.dep.job(first.job_id)
+    assert done["attempts"] == 2 and done["worker"] != frozen, done
+    deadline = time.monotonic() + 120
+    while "was taken over" not in case.dep.logs(tail=None):  # the resumed attempt let go
+        assert time.monotonic() < deadline, case.dep.logs()
+        time.sleep(0.2)
+    case.report(recovered)
+
+
+# --- the API killed with streams open -----------------------------------------------------------
+
+
+class Listener(threading.Thread):
+    """Streams one turn's PCM over real HTTP until the stream ends or is cut."""
+
+    def __init__(self, base_url: str, cid: str, tid: str) -> None:
+        super().__init__(daemon=True)
+        self.base_url = base_url
+        self.path = f"/v1/conversations/{cid}/turns/{tid}/stream?format=pcm"
+        self.body = b""
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            with (
+                httpx.Client(base_url=self.base_url, timeout=60) as client,
+                client.stream("GET", self.path) as r,
+            ):
+                assert r.status_code == 200, r.status_code
+                for chunk in r.iter_bytes():
+                    self.body += chunk
+        except Exception as exc:  # cut: that is what the test is about
+            self.error = exc
+
+
+def stored_pcm(dep: Deployment, cid: str, tid: str) -> bytes:
+    r = dep.http.get(f"/v1/conversations/{cid}/turns/{tid}/audio?format=wav")
+    assert r.status_code == 200, r.text
+    return r.content[44:]  # the samples after the WAV's 44-byte header
+
+
+@pytest.mark.parametrize("kind", ["up", "separate"])
+def test_api_killed_with_streams_open(
+    deploy: Callable[..., Case], redis_empty: OwnRedis, engine: Any, kind: str
+) -> None:
+    case = deploy(kind, redis_empty)
+    longest = case.post(case.dep.conversation(), 0, "A turn streamed to two listeners.", LONGEST)
+    convs = case.conversations(LONG, n=1)
+    streamed = [longest, longest, convs[0][0]]
+    case.wait_running(longest)
+    base = str(case.dep.http.base_url)
+    listeners = [Listener(base, t.cid, t.id) for t in streamed]
+    for listener in listeners:
+        listener.start()
+    deadline = time.monotonic() + 60
+    while not all(listener.body for listener in listeners):
+        assert time.monotonic() < deadline, [(len(x.body), x.error) for x in listeners]
+        time.sleep(0.02)
+    os.kill(case.dep.api_pid(), signal.SIGKILL)
+    fault_at = time.monotonic()
+    for listener in listeners:
+        listener.join(timeout=60)
+        assert not listener.is_alive()
+    cut = [x for x in listeners if x.error is not None]
+    assert cut, "no stream was cut by the API's death"
+    case.notes.append(f"{len(cut)} of {len(listeners)} streams cut")
+    recovered = case.probe(fault_at)
+    check_exactly_once(case, engine)
+    for turn, listener in zip(streamed, listeners, strict=True):
+        pcm = stored_pcm(case.dep, turn.cid, turn.id)
+        frames = turn.params["max_audio_length_ms"] // audio.FRAME_MS
+        assert len(pcm) == frames * audio.SAMPLE_RATE * audio.FRAME_MS // 1000 * 2
+        assert pcm[: len(listener.body)] == listener.body  # what was heard is the stored audio
+        again = Listener(base, turn.cid, turn.id)
+        again.run()
+        assert again.error is None and again.body == pcm  # a finished turn streams as stored
+    case.report(recovered)
+
+
+# --- PostgreSQL restarted ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg() -> Iterator[tuple[PgCluster, str]]:
+    """A PostgreSQL cluster of the test's own (request it before ``deploy``: it outlives it)."""
+    with parley_cluster() as found:
+        yield found
+
+
+@pytest.mark.parametrize("kind", ["up", "separate"])
+def test_postgresql_restarted(
+    pg: tuple[PgCluster, str],
+    deploy: Callable[..., Case],
+    redis_empty: OwnRedis,
+    engine: Any,
+    kind: str,
+) -> None:
+    cluster, url = pg
+    case = deploy(kind, redis_empty, db_url=url)
+    convs = case.conversations(LONG)
+    case.wait_running(convs[0][0])
+    cluster.stop()
+    fault_at = time.monotonic()
+    time.sleep(PG_AWAY_S)
+    cluster.start()
+    case.notes.append(f"PostgreSQL away {time.monotonic() - fault_at:.1f} s")
+    recovered = case.probe(fault_at)
+    check_exactly_once(case, engine)
+    case.report(recovered)
