@@ -269,7 +269,12 @@ class Deployment:
         began = time.monotonic()
         while True:
             code, body = self.ready()
-            if code == 200 and len(body["workers"]) >= self.workers:
+            if (
+                code == 200
+                and len(body["workers"]) >= self.workers
+                and len(self.worker_processes()) == self.workers  # none still shutting down
+            ):
+                self._no_worker_since = None
                 return time.monotonic() - began
             self.check_alive()
             if time.monotonic() - began > timeout:

@@ -20,6 +20,7 @@ success of a turn posted once what was killed is back (``RECOVERY``, printed at 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import threading
@@ -71,6 +72,9 @@ class Case:
     dep: Deployment
     posted: dict[str, list[Posted]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ok: bool = False  # reached its end: its deployment may serve the next case
+    exits_before: int = 0
+    redis: OwnRedis | None = None
 
     def post(self, cid: str, speaker: int, text: str, params: dict[str, Any]) -> Posted:
         got = self.dep.say(cid, speaker, text, **params)
@@ -122,7 +126,11 @@ class Case:
         return time.monotonic() - fault_at
 
     def report(self, recovered_s: float) -> None:
-        RECOVERY.append((self.name, recovered_s, "; ".join(self.notes)))
+        exits = [f"{role} {code}" for role, _, code in self.dep.exits[self.exits_before :]]
+        if exits:
+            self.notes.append(f"restarted by the test: {', '.join(exits)}")
+        RECOVERY.append((self.name, recovered_s, "; ".join(n for n in self.notes if n)))
+        self.ok = True
 
 
 _EXPECTED: dict[tuple[Any, ...], np.ndarray] = {}
@@ -162,7 +170,11 @@ def check_exactly_once(case: Case, engine: Any) -> None:
     try:
         with make_session_factory(db)() as session:
             by_status = dict(
-                session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+                session.execute(
+                    select(Job.status, func.count())
+                    .where(Job.conversation_id.in_(list(case.posted)))
+                    .group_by(Job.status)
+                ).all()
             )
     finally:
         db.dispose()
@@ -264,17 +276,94 @@ def deploy(
         ctx.__exit__(None, None, None)
 
 
-def own_redis_server(tmp_path: Path, persist: bool) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis", persist=persist)
+@pytest.fixture
+def redis_empty(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path / "redis")
     server.start()
     yield server
     if server.proc is not None:
         server.kill()
 
 
+def restart_redis(redis: OwnRedis, *, empty: bool) -> None:
+    """Start a killed Redis again on its port: with every write it acknowledged (it persists
+    them all), or, ``empty``, with its files removed first."""
+    if empty:
+        shutil.rmtree(redis.workdir)
+    redis.start()
+
+
+class Pool:
+    """One running deployment per kind, each on its own database and Redis (persisting, so a
+    case may restart it with its data or empty), shared by the cases that leave it whole: a
+    case that fails has its deployment replaced for the next one. The cases below stand it up
+    again themselves (each restarts what it killed, or lets the deployment do it)."""
+
+    def __init__(self, tmp: pytest.TempPathFactory, model: Path) -> None:
+        self.tmp = tmp
+        self.model = model
+        self.live: dict[str, tuple[Deployment, OwnRedis, Any]] = {}
+
+    def take(self, kind: str, name: str) -> tuple[Case, OwnRedis]:
+        if kind not in self.live:
+            tmp = self.tmp.mktemp(f"shared-{kind}")
+            redis = OwnRedis(tmp / "redis", persist=True)
+            redis.start()
+            ctx = database(DB_OF[kind], tmp)
+            dep = Deployment(
+                kind,
+                tmp=tmp,
+                db_url=ctx.__enter__(),
+                redis_url=redis.url,
+                model=str(self.model),
+                max_audio_length_ms=LONGEST["max_audio_length_ms"],
+            )
+            self.live[kind] = (dep, redis, ctx)
+            began = time.monotonic()
+            dep.start()
+            note = f"started in {time.monotonic() - began:.1f} s"
+        else:
+            dep, redis, _ = self.live[kind]
+            note = f"shared; ready in {dep.wait_ready():.1f} s"
+        case = Case(name, dep, exits_before=len(dep.exits))
+        case.notes.append(note)
+        return case, redis
+
+    def discard(self, kind: str) -> None:
+        dep, redis, ctx = self.live.pop(kind)
+        dep.close()
+        if redis.proc is not None:
+            redis.kill()
+        ctx.__exit__(None, None, None)
+
+    def close(self) -> None:
+        for kind in list(self.live):
+            self.discard(kind)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Pool]:
+    found = Pool(tmp_path_factory, tiny_model_dir)
+    yield found
+    found.close()
+
+
 @pytest.fixture
-def redis_empty(tmp_path: Path) -> Iterator[OwnRedis]:
-    yield from own_redis_server(tmp_path, persist=False)
+def shared(pool: Pool, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Case]]:
+    """``shared(kind)``: the module's running deployment of ``kind`` (and its Redis as
+    ``case.redis``); replaced after a case that did not reach its end."""
+    taken: list[tuple[str, Case]] = []
+
+    def take(kind: str) -> Case:
+        case, redis = pool.take(kind, request.node.name)
+        case.redis = redis
+        taken.append((kind, case))
+        return case
+
+    yield take
+    for kind, case in taken:
+        if not case.ok and kind in pool.live:
+            pool.discard(kind)
 
 
 # --- moments ----------------------------------------------------------------------------------
@@ -325,37 +414,28 @@ REDIS_CASES = [
 
 @pytest.mark.parametrize(("kind", "moment", "restart"), REDIS_CASES)
 def test_redis_killed(
-    deploy: Callable[..., Case],
-    tmp_path: Path,
-    engine: Any,
-    kind: str,
-    moment: str,
-    restart: str,
+    shared: Callable[[str], Case], engine: Any, kind: str, moment: str, restart: str
 ) -> None:
-    redis = OwnRedis(tmp_path / "redis", persist=restart == "data")
-    redis.start()
-    try:
-        case = deploy(kind, redis)
-        turn, block = reach_moment(case, moment)
-        last_post = time.monotonic()
-        redis.kill()
-        fault_at = time.monotonic()
-        accepted_gap(case, last_post)
-        if block is not None:
-            block.release()
-        time.sleep(REDIS_AWAY_S)
-        redis.start()  # empty, or with every write it acknowledged
-        case.notes.append(f"Redis away {time.monotonic() - fault_at:.1f} s, back {restart}")
-        if moment == "idle":
-            case.conversations(SHORT)
-        recovered = case.probe(fault_at)
-        check_exactly_once(case, engine)
-        if block is not None and turn is not None:
-            block.check_stored_after(case, turn)
-        case.report(recovered)
-    finally:
-        if redis.proc is not None:
-            redis.kill()
+    case = shared(kind)
+    redis = case.redis
+    assert redis is not None
+    turn, block = reach_moment(case, moment)
+    last_post = time.monotonic()
+    redis.kill()
+    fault_at = time.monotonic()
+    accepted_gap(case, last_post)
+    if block is not None:
+        block.release()
+    time.sleep(REDIS_AWAY_S)
+    restart_redis(redis, empty=restart == "empty")
+    case.notes.append(f"Redis away {time.monotonic() - fault_at:.1f} s, back {restart}")
+    if moment == "idle":
+        case.conversations(SHORT)
+    recovered = case.probe(fault_at)
+    check_exactly_once(case, engine)
+    if block is not None and turn is not None:
+        block.check_stored_after(case, turn)
+    case.report(recovered)
 
 
 # --- a worker killed --------------------------------------------------------------------------
@@ -367,30 +447,20 @@ WORKER_CASES = [
 ] + [pytest.param("up", "SIGKILL", "mid_turn", id="up-SIGKILL-mid_turn")]
 
 
-def worker_pid(case: Case, job_id: str | None) -> int:
-    """The pid of the worker running ``job_id`` (or of the only worker)."""
-    pids = case.dep.worker_pids()
-    if job_id is not None:
-        name = case.dep.job(job_id)["worker"]
-        if name is not None:
-            return pids[name]
-    (pid,) = pids.values()
-    return pid
+def worker_pid(case: Case, job_id: str) -> int:
+    """The pid of the worker running ``job_id``, from its heartbeat."""
+    name = case.dep.job(job_id)["worker"]
+    return case.dep.worker_pids()[name]
 
 
 @pytest.mark.parametrize(("kind", "sig", "moment"), WORKER_CASES)
 def test_worker_killed(
-    deploy: Callable[..., Case],
-    redis_empty: OwnRedis,
-    engine: Any,
-    kind: str,
-    sig: str,
-    moment: str,
+    shared: Callable[[str], Case], engine: Any, kind: str, sig: str, moment: str
 ) -> None:
-    case = deploy(kind, redis_empty)
-    (only,) = case.dep.worker_pids().values()  # asked before: `accepted` has no time to ask
+    case = shared(kind)
+    (only,) = case.dep.worker_processes()  # asked before: `accepted` has no time to ask
     turn, block = reach_moment(case, moment)
-    pid = only if moment == "accepted" else worker_pid(case, turn.job_id if turn else None)
+    pid = worker_pid(case, turn.job_id) if turn and moment != "accepted" else only.pid
     last_post = time.monotonic()
     os.kill(pid, getattr(signal, sig))
     fault_at = time.monotonic()
@@ -401,8 +471,7 @@ def test_worker_killed(
     check_exactly_once(case, engine)
     if block is not None and turn is not None:
         block.check_stored_after(case, turn)
-    assert pid not in case.dep.worker_pids().values()  # the worker is a new one
-    case.notes.append(f"exits seen by the test's restarter: {case.dep.exits}")
+    assert pid not in [p.pid for p in case.dep.worker_processes()]  # a new one took over
     case.report(recovered)
 
 
@@ -438,10 +507,14 @@ def test_worker_frozen_past_heartbeat(
     check_exactly_once(case, engine)
     done = case.dep.job(first.job_id)
     assert done["attempts"] == 2 and done["worker"] != frozen, done
+    # The resumed attempt finds the job no longer its own and stores nothing. (It says "was
+    # cancelled while running" when the other attempt has finished it already.)
     deadline = time.monotonic() + 120
-    while "was taken over" not in case.dep.logs(tail=None):  # the resumed attempt let go
+    while f"job {first.job_id} was" not in case.dep.logs(tail=None):
         assert time.monotonic() < deadline, case.dep.logs()
         time.sleep(0.2)
+    said = [ln for ln in case.dep.logs(tail=None).splitlines() if f"job {first.job_id} was" in ln]
+    assert all("discarding" in ln for ln in said), said
     case.report(recovered)
 
 
@@ -479,9 +552,9 @@ def stored_pcm(dep: Deployment, cid: str, tid: str) -> bytes:
 
 @pytest.mark.parametrize("kind", ["up", "separate"])
 def test_api_killed_with_streams_open(
-    deploy: Callable[..., Case], redis_empty: OwnRedis, engine: Any, kind: str
+    shared: Callable[[str], Case], engine: Any, kind: str
 ) -> None:
-    case = deploy(kind, redis_empty)
+    case = shared(kind)
     longest = case.post(case.dep.conversation(), 0, "A turn streamed to two listeners.", LONGEST)
     convs = case.conversations(LONG, n=1)
     streamed = [longest, longest, convs[0][0]]
