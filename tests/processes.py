@@ -271,7 +271,7 @@ class Deployment:
             code, body = self.ready()
             if (
                 code == 200
-                and len(body["workers"]) >= self.workers
+                and sum(bool(w.get("consuming", True)) for w in body["workers"]) >= self.workers
                 and len(self.worker_processes()) == self.workers  # none still shutting down
             ):
                 self._no_worker_since = None

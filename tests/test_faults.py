@@ -223,10 +223,10 @@ class StoreBlock:
 
     def release(self) -> None:
         if self.conn is not None:
+            self.released_at = datetime.now(UTC)  # before: the store may commit at once
             self.conn.rollback() if not self.sqlite else self.conn.execute("ROLLBACK")
             self.conn.close()
             self.conn = None
-            self.released_at = datetime.now(UTC)
 
     def check_stored_after(self, case: Case, turn: Posted) -> None:
         """The turn was stored after the lock was let go: the fault found it storing."""
