@@ -1,4 +1,4 @@
-"""``parley up | api | worker | flower | migrate | keys | voices | say | render |
+"""``parley up | api | worker | flower | migrate | keys | healthcheck | voices | say | render |
 tiny-model``."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from parley.healthcheck import add_healthcheck_parser
 from parley.keys import add_keys_parser, open_mode_refusal
 from parley.speak import add_client_parsers
 from parley.voices import add_voices_parser
@@ -100,43 +101,44 @@ def cmd_tiny_model(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    """Migrate, make sure Redis answers (starting the bundled one if not), start workers, serve."""
+    """Migrate, make sure Redis answers (starting the bundled one if not), then run the workers
+    and the API as supervised child processes: any that exits is started again."""
+    from parley.supervisor import EXIT_MISCONFIGURED, Supervisor, command
     from shared.redis_server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
     if refuse_open_mode(settings, args):
         return 2
-    # uvicorn re-raises SIGTERM after its own shutdown; make that an exit through `finally`
-    # below, so the workers and Redis started here stop with us.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    children: list[subprocess.Popen[bytes]] = []
-    if not redis_answers(settings.redis_url):
-        url = urlsplit(settings.redis_url)
-        port = url.port or 6379
-        log.info(
-            "no Redis answers at %s; starting the bundled redis-server on port %d",
-            settings.redis_url,
-            port,
-        )
-        children.append(
-            start_redis(port, workdir=Path(".parley/redis"), host=url.hostname or "127.0.0.1")
-        )
+    supervisor = Supervisor()
+    # SIGTERM (a service manager) and SIGINT (Ctrl-C) end the loop; the children stop below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: supervisor.request_stop())
     try:
+        if not redis_answers(settings.redis_url):
+            url = urlsplit(settings.redis_url)
+            redis_port, redis_host = url.port or 6379, url.hostname or "127.0.0.1"
+            log.info(
+                "no Redis answers at %s; starting the bundled redis-server on port %d",
+                settings.redis_url,
+                redis_port,
+            )
+
+            def redis() -> subprocess.Popen[bytes]:
+                return start_redis(redis_port, workdir=Path(".parley/redis"), host=redis_host)
+
+            supervisor.add("redis", redis)
         devices = up_worker_devices(settings, args.workers)
         if devices:
             log.info("starting %d worker(s) on: %s", len(devices), ", ".join(devices))
-        for device in devices:
-            command = [sys.executable, "-m", "parley", "worker", "--device", device]
-            children.append(subprocess.Popen(command))
-        return cmd_api(settings, args)
+        parley = [sys.executable, "-m", "parley"]
+        for k, device in enumerate(devices):
+            supervisor.add(f"worker-{k}", command([*parley, "worker", "--device", device]))
+        host, port = args.host or settings.host, args.port or settings.port
+        supervisor.add("api", command([*parley, "api", "--host", host, "--port", str(port)]))
+        supervisor.run()
     finally:
-        for child in reversed(children):
-            child.terminate()
-        for child in reversed(children):
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        supervisor.stop()
+    return EXIT_MISCONFIGURED if supervisor.fatal is not None else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_flower)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     add_keys_parser(sub)
+    add_healthcheck_parser(sub)
     add_voices_parser(sub)
     add_client_parsers(sub)
     tiny = sub.add_parser("tiny-model", help="build the tiny random CSM test checkpoint")

@@ -31,6 +31,8 @@ def create_celery(settings: Settings) -> Celery:
     """A Celery app on the Redis broker, configured for long GPU tasks that must not be lost."""
     app = Celery("parley", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
+        # kombu's Redis transport, but a broker loss never stops the worker (see the module).
+        broker_transport="shared.broker_transport:Transport",
         task_default_queue=settings.queue_name,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # Worker.
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
     worker_torch_threads: int = Field(default=0, ge=0)  # 0: torch's own choice
+    # A worker whose broker consumer has been down this long (the broker unreachable, or the
+    # consumer dead) exits with code 3, so that its supervisor replaces it; shorter losses are
+    # ridden out.
+    worker_broker_timeout_s: float = Field(default=60.0, gt=0)
     # How long a worker waits out a database outage (keeping the turn in hand) before it gives up.
     db_retry_s: float = Field(default=300.0, ge=0)
     # A voice still encoding this long after it was sent to the workers is sent again (its task

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tests.http_server import serve
-from tests.processes import RECOVERY, OwnRedis
+from tests.processes import RECOVERY
+from tests.servers import OwnRedis
 from tests.stack import Stack, database, running_stack
 
 DB_KINDS = ["sqlite", "postgresql"]

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from api.app import create_app
-from tests.processes import free_port
+from tests.servers import free_port
 from tests.stack import Stack
 
 

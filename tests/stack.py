@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,16 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 # near the model's 2048 positions. The tiny model makes a frame in a few ms, so a 375-frame
 # turn can end in about a second, before a slow (shared, busy) test process gets to act.
 RUNNING_MS = 150_000
+
+
+def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextmanager
@@ -101,7 +111,8 @@ class Stack:
     def wait_workers(self, count: int, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(live_workers(self.redis, self.keys)) >= count:
+            # Up means consuming (what /readyz asks), not just beating.
+            if sum(bool(w.get("consuming")) for w in live_workers(self.redis, self.keys)) >= count:
                 return
             dead = [w for w in self.workers if w.poll() is not None]
             if dead:

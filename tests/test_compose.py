@@ -43,6 +43,10 @@ def test_compose_config_is_valid_with_gpu_worker() -> None:
         "service_completed_successfully"
     )
     assert services["api"]["environment"]["PARLEY_API_KEYS"] == "key-1"
+    # Long-running services come back when they exit; the worker's health is its heartbeat.
+    for name in ("redis", "postgres", "api", "worker"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "parley", "healthcheck", "worker"]
 
 
 def test_compose_requires_api_keys() -> None:

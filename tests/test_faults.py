@@ -43,7 +43,8 @@ from shared.models import Job
 from shared.settings import Settings
 from tests.expected import expected_codes, served_codes
 from tests.pg_cluster import PgCluster, parley_cluster
-from tests.processes import RECOVERY, Deployment, OwnRedis
+from tests.processes import RECOVERY, Deployment
+from tests.servers import OwnRedis
 from tests.stack import database
 
 SHORT = {"max_audio_length_ms": 800, "temperature": 0}  # 10 frames

@@ -20,8 +20,8 @@ from redis import Redis
 
 from shared.audio_stream import AudioStreamReader
 from tests.expected import expected_codes, served_codes
-from tests.processes import OwnRedis
-from tests.stack import Stack
+from tests.servers import OwnRedis
+from tests.stack import Stack, wait_until
 
 LONGEST = {"max_audio_length_ms": 30_000, "temperature": 0}  # 375 frames: running at the kill
 LONG = {"max_audio_length_ms": 6_000, "temperature": 0}  # queued in the broker at the kill
@@ -42,16 +42,6 @@ class Listener(threading.Thread):
             self.status = r.status_code
             for chunk in r.iter_bytes():
                 self.body += chunk
-
-
-def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("db_kind", ["sqlite", "postgresql"])

@@ -18,7 +18,7 @@ import pytest
 from redis import Redis
 
 from shared.audio_stream import PCM_FIELD, AudioStreamWriter
-from tests.processes import OwnRedis
+from tests.servers import OwnRedis
 from worker.engine.csm import SamplingParams
 from worker.silence import SilenceGuard, frame_dbfs
 from worker.step_publisher import StepPublisher

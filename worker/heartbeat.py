@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from shared.queue import enqueue_job
 from shared.recovery import OrphanReconciler
 from shared.workers import beat, forget
+from worker.consumer_watch import ConsumerState
 from worker.runtime import WorkerRuntime
 from worker.voices import resend_stale_voices
 
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, rt: WorkerRuntime, info: dict[str, Any]) -> None:
+    def __init__(self, rt: WorkerRuntime, consumer: ConsumerState, info: dict[str, Any]) -> None:
         self.rt = rt
+        self.consumer = consumer
         self.info = info
         self.period_s = rt.settings.worker_heartbeat_s
         self._stop = threading.Event()
@@ -49,6 +51,7 @@ class Heartbeat:
     def start(self) -> None:
         self._beat()
         self.rt.held.on_change = self._beat  # a job held is announced before it runs
+        self.consumer.on_change = self._beat  # and a consumer that stops or starts, at once
         for thread in self._threads:
             thread.start()
 
@@ -62,6 +65,7 @@ class Heartbeat:
                     info={
                         **self.info,
                         "jobs": self.rt.held.snapshot(),
+                        "consuming": self.consumer.consuming,
                         "batch_rows": self.rt.engine.batcher.active,
                         "engine_busy_s": dict(self.rt.engine.batcher.busy_s),
                     },

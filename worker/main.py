@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
+
+from celery import signals
 
 from shared.errors import DeviceUnavailable, ModelLoadError
 from shared.settings import Settings
 from worker.celery_app import create_worker_app
+from worker.consumer_watch import EXIT_CANNOT_SERVE, ConsumerState, Watchdog, watch_consumer
 from worker.heartbeat import Heartbeat
 from worker.model_loading import load_engine
 from worker.runtime import WorkerRuntime
@@ -50,8 +54,10 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         engine.device,
         engine.compile_mode,
     )
+    consumer = ConsumerState()
     heartbeat = Heartbeat(
         rt,
+        consumer,
         {
             "name": rt.name,
             "model": rt.model_label,
@@ -63,7 +69,14 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         },
     )
     heartbeat.start()
+    watchdog = Watchdog(
+        consumer,
+        timeout_s=settings.worker_broker_timeout_s,
+        period_s=min(1.0, settings.worker_heartbeat_s),
+    )
+    watchdog.start()
     app = create_worker_app(rt)
+    watch_consumer(app, consumer)
     argv = [
         "worker",
         "--pool=threads",
@@ -78,9 +91,25 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
         argv.append("--without-heartbeat")
     if settings.log_format == "json":  # no banner (`celery --quiet worker`)
         argv.insert(0, "--quiet")
+    controllers: list[Any] = []
+
+    def keep_controller(sender: Any, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            controllers.append(sender)
+
+    # Celery's command returns no exit code; its WorkController keeps it (non-zero when the
+    # consumer died: "Unrecoverable error").
+    signals.worker_init.connect(keep_controller, weak=False)
     try:
-        app.worker_main(argv)
+        app.start(argv)
     finally:
+        signals.worker_init.disconnect(keep_controller)
+        watchdog.stop()
         heartbeat.stop()
         rt.close()
-    return 0
+    if watchdog.gave_up:
+        return EXIT_CANNOT_SERVE
+    code = controllers[0].exitcode if controllers else None
+    if code:
+        log.error("worker %s stopped with code %s; its supervisor replaces it", rt.name, code)
+    return int(code or 0)

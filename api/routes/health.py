@@ -1,4 +1,4 @@
-"""/healthz (the process lives) and /readyz (SQL, Redis and a worker answer).
+"""/healthz (the process lives) and /readyz (SQL, Redis and a consuming worker answer).
 
 /readyz is 503 unless all three answer; its ``status`` says how bad: ``degraded`` while SQL
 answers (turns are accepted and kept; they wait for Redis or a worker), ``unavailable`` when
@@ -39,10 +39,14 @@ def readyz(state: StateDep) -> JSONResponse:
         checks["redis"] = "ok"
         workers = live_workers(state.redis, state.keys)
         checks["workers"] = f"{len(workers)} live" if workers else "none live"
+        idle = sum(1 for w in workers if not w.get("consuming", True))
+        if idle:  # alive, but its consumer is not (yet, or any more) taking turns
+            checks["workers"] += f", {idle} not consuming"
     except Exception as exc:  # as above
         checks["redis"] = f"unavailable: {type(exc).__name__}"
         checks["workers"] = "unknown (redis unavailable)"
-    ready = checks["database"] == "ok" and checks["redis"] == "ok" and bool(workers)
+    serving = any(w.get("consuming", True) for w in workers)
+    ready = checks["database"] == "ok" and checks["redis"] == "ok" and serving
     status: Literal["ready", "degraded", "unavailable"] = (
         "ready" if ready else "degraded" if checks["database"] == "ok" else "unavailable"
     )
