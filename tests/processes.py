@@ -20,7 +20,7 @@ from tests.servers import free_port
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 RESTART_AFTER_S = 1.0  # the test's `restart: unless-stopped` for the `separate` deployment
-NO_WORKER_PATIENCE_S = 20.0  # `up` with no worker process this long: nothing restarted it
+NO_WORKER_PATIENCE_S = 45.0  # `up` with no worker process this long (its backoff is 30 s at most)
 
 
 # (case, seconds from the fault to the success of the next turn, notes), for the run's summary
@@ -66,7 +66,7 @@ class Deployment:
             "PARLEY_WORKER_HEARTBEAT_S": "1",
             "PARLEY_RATE_LIMIT_PER_MINUTE": "0",
             "PARLEY_MAX_AUDIO_LENGTH_MS": "30000",
-            "PARLEY_WORKER_BROKER_TIMEOUT_S": "5",
+            "PARLEY_WORKER_BROKER_TIMEOUT_S": "15",  # longer than a Redis restart here (3 s) takes
             "PYTHONUNBUFFERED": "1",
         }
         self.env.update({f"PARLEY_{k.upper()}": str(v) for k, v in settings.items()})

@@ -109,7 +109,7 @@ class Case:
     def probe(self, fault_at: float) -> float:
         """Post a short turn in a new conversation as soon as the API takes it (waiting out a
         refused connection or a 503), wait for its success; the time since the fault."""
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 90
         while True:
             try:
                 r = self.dep.http.post("/v1/conversations", json={})
@@ -122,7 +122,7 @@ class Case:
             assert time.monotonic() < deadline, self.dep.logs()
             time.sleep(0.1)
         turn = self.post(r.json()["id"], 0, "The next turn after the fault.", SHORT)
-        done = self.dep.wait_job(turn.job_id, timeout=180)
+        done = self.dep.wait_job(turn.job_id, timeout=90)
         assert done["status"] == "succeeded", (done, self.dep.logs())
         return time.monotonic() - fault_at
 
@@ -155,7 +155,7 @@ def check_exactly_once(case: Case, engine: Any) -> None:
     dep = case.dep
     for turns in case.posted.values():
         for turn in turns:
-            done = dep.wait_job(turn.job_id, timeout=180)
+            done = dep.wait_job(turn.job_id, timeout=90)
             assert done["status"] == "succeeded", (done, dep.logs())
     for cid, turns in case.posted.items():
         served = dep.turns(cid)
