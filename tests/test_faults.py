@@ -4,7 +4,9 @@ exactly once with the engine's codes, the service recovering without a human.
 Two deployments (``tests.processes.Deployment``): ``up`` (one ``parley up`` process, SQLite)
 and ``separate`` (``parley api`` + ``parley worker`` processes on PostgreSQL, which the test
 restarts ~1 s after any of them exits, as docker compose's ``restart: unless-stopped`` would).
-Each deployment has a Redis server of the test's own.
+Each deployment has a Redis server of the test's own. The cases of a kind share one running
+deployment (``Pool``), which each leaves whole; a case that fails has it replaced. The worker
+frozen and PostgreSQL restarted cases get deployments of their own.
 
 Moments: ``idle`` (no turn in flight), ``accepted`` (at once after the last 202), ``mid_turn``
 (long turns running, a few frames made), ``storing`` (a finished turn's store held up by a lock
