@@ -6,16 +6,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from redis import Redis
 from redis.exceptions import RedisError
-
-from shared.redis_url import parse_redis_url
 
 
 def redis_answers(url: str) -> bool:
-    """Whether the Redis of ``url`` answers a PING; on Sentinel, whether the sentinels name a
-    primary for the service and that primary answers."""
     try:
-        client = parse_redis_url(url).client(socket_connect_timeout=1, socket_timeout=1)
+        client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         try:
             return bool(client.ping())
         finally:
@@ -33,11 +30,12 @@ def bundled_redis_server() -> str:
 def start_redis(
     port: int, *, workdir: Path, host: str = "127.0.0.1", persist: bool = False
 ) -> subprocess.Popen[bytes]:
-    """Start the bundled redis-server on ``host:port``; wait until it answers. No persistence
-    unless ``persist``: then every write goes to an append-only file in ``workdir`` (fsync once
-    a second; a killed server loses nothing the kernel already has), which a server started
-    again on the same ``workdir`` loads. Delete ``workdir``'s files first to start it empty."""
+    """Start the bundled redis-server on ``host:port``; wait until it answers. No persistence,
+    unless ``persist``: then every write is appended to a file in ``workdir`` and synced before
+    it is acknowledged (``appendfsync always``), and a server started again on the same
+    ``workdir`` comes back with all the data the last one acknowledged."""
     workdir.mkdir(parents=True, exist_ok=True)
+    appendonly = ["yes", "--appendfsync", "always"] if persist else ["no"]
     proc = subprocess.Popen(
         [
             bundled_redis_server(),
@@ -48,9 +46,7 @@ def start_redis(
             "--save",
             "",
             "--appendonly",
-            "yes" if persist else "no",
-            "--appendfsync",
-            "everysec",
+            *appendonly,
             "--dir",
             str(workdir),
         ],

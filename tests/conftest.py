@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.http_server import serve
+from tests.processes import RECOVERY
 from tests.servers import OwnRedis
 from tests.stack import Stack, database, running_stack
 
@@ -80,8 +81,19 @@ def server(stack: Stack) -> Iterator[str]:
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of the test's own (no persistence), which the test may kill."""
     server = OwnRedis(tmp_path / "redis")
     server.start()
     yield server
     if server.proc is not None:
         server.kill()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault cases' recovery times (tests/test_faults.py), when any ran."""
+    if not RECOVERY:
+        return
+    terminalreporter.section("time from each fault to the next turn's success")
+    width = max(len(name) for name, _, _ in RECOVERY)
+    for name, seconds, notes in RECOVERY:
+        terminalreporter.write_line(f"{name:<{width}}  {seconds:6.1f} s  {notes}")

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from tests.stack import Stack
+
+class Served(Protocol):
+    """What serves a turn's codes: a :class:`tests.stack.Stack`, a
+    :class:`tests.processes.Deployment`."""
+
+    def codes(self, cid: str, tid: str) -> list[list[int]]: ...
 
 
-def served_codes(stack: Stack, cid: str, tid: str) -> np.ndarray:
+def served_codes(stack: Served, cid: str, tid: str) -> np.ndarray:
     """A turn's codes as the API serves them, (frames, n_q)."""
     return np.asarray(stack.codes(cid, tid), dtype=np.int64).T
 
 
 def expected_codes(
     engine: Any,
-    stack: Stack,
+    stack: Served,
     cid: str,
     context_turns: list[dict[str, Any]],
     speaker: int,

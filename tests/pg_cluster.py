@@ -9,7 +9,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg
+
+from shared.migrate import upgrade
+from shared.settings import Settings
 
 
 def _bin(name: str) -> str:
@@ -61,3 +68,19 @@ class PgCluster:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def parley_cluster() -> Iterator[tuple[PgCluster, str]]:
+    """A started cluster of the test's own with a migrated ``parley`` database: (cluster, its
+    URL); destroyed afterwards."""
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE parley")
+        url = cluster.url.rsplit("/", 1)[0] + "/parley"
+        upgrade(Settings(database_url=url))
+        yield cluster, url
+    finally:
+        cluster.destroy()

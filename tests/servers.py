@@ -17,16 +17,18 @@ def free_port() -> int:
 
 
 class OwnRedis:
-    """A redis-server of the test's own, which the test may kill and start again (empty)."""
+    """A redis-server of the test's own, which the test may kill and start again: empty, or,
+    with ``persist``, with every write it acknowledged (same port, same directory)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persist: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.persist = persist
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = start_redis(self.port, workdir=self.workdir)
+        self.proc = start_redis(self.port, workdir=self.workdir, persist=self.persist)
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
 from sqlalchemy import func, select
 
@@ -26,7 +25,7 @@ from shared.migrate import upgrade
 from shared.models import Conversation, Job, Turn
 from shared.settings import Settings
 from tests.expected import expected_codes, served_codes
-from tests.pg_cluster import PgCluster
+from tests.pg_cluster import parley_cluster
 from tests.stack import Stack
 
 LONG = {"max_audio_length_ms": 30_000, "temperature": 0}  # 375 frames: running at the outage
@@ -42,16 +41,8 @@ class Outage:
 
 @contextmanager
 def pg_outage() -> Iterator[Outage]:
-    cluster = PgCluster()
-    try:
-        cluster.start()
-        with psycopg.connect(cluster.url, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE parley")
-        url = cluster.url.rsplit("/", 1)[0] + "/parley"
-        upgrade(Settings(database_url=url))
+    with parley_cluster() as (cluster, url):
         yield Outage(url, cluster.stop, cluster.start)
-    finally:
-        cluster.destroy()
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from shared.workers import live_workers
-from tests.http_server import free_port
+from tests.servers import free_port
 from tests.stack import Stack
 
 

@@ -21,7 +21,7 @@ from parley.keys import is_loopback
 from shared.db import make_engine, make_session_factory
 from shared.models import ApiKey, Conversation
 from shared.settings import Settings
-from tests.http_server import free_port
+from tests.servers import free_port
 from tests.sounds import audio_file, chirp
 from tests.stack import REDIS_URL, Stack, database
 

@@ -22,7 +22,7 @@ from shared.auth import owner_of
 from shared.models import Conversation, Job, Turn
 from shared.settings import Settings
 from tests.conftest import DB_KINDS
-from tests.http_server import free_port
+from tests.servers import free_port
 from tests.sounds import audio_file, chirp
 from tests.stack import Stack
 

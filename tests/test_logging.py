@@ -20,7 +20,7 @@ import pytest
 from redis import Redis
 
 from api.request_id import pick_request_id
-from tests.http_server import free_port
+from tests.servers import free_port
 from tests.stack import REDIS_URL, Stack, database
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
