@@ -131,10 +131,13 @@ def _lock_running(session: Session, plan: JobPlan) -> Job | None:
     except NotFound:
         return None
     job = session.get(Job, plan.job_id, populate_existing=True)
-    if job is None or job.status != JobStatus.RUNNING:
-        log.info("job %s was cancelled while running; discarding its output", plan.job_id)
+    if job is None:
         return None
-    if job.worker != plan.worker or job.attempts != plan.attempt:
+    if job.attempts != plan.attempt or (
+        job.status == JobStatus.RUNNING and job.worker != plan.worker
+    ):
+        # Requeued while this attempt was away (a frozen or cut-off worker): another attempt
+        # has it, or has already finished it.
         log.warning(
             "job %s was taken over (now attempt %d on %s); discarding attempt %d",
             plan.job_id,
@@ -142,6 +145,16 @@ def _lock_running(session: Session, plan: JobPlan) -> Job | None:
             job.worker,
             plan.attempt,
         )
+        return None
+    if job.status == JobStatus.QUEUED:
+        log.warning(
+            "job %s was put back in the queue (this worker was judged gone); discarding attempt %d",
+            plan.job_id,
+            plan.attempt,
+        )
+        return None
+    if job.status != JobStatus.RUNNING:
+        log.info("job %s was cancelled while running; discarding its output", plan.job_id)
         return None
     return job
 
