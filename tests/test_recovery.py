@@ -7,7 +7,9 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +202,22 @@ def test_only_the_current_attempt_can_store_the_turn(tmp_path: Path) -> None:
         db.dispose()
 
 
-def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heartbeat(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class OneJob:
+    """A conversation with one job claimed (in the broker, as far as SQL knows) and a
+    reconciler named "me" whose sends are recorded in ``sent``."""
+
+    redis: Redis
+    keys: RedisKeys
+    sessions: Any
+    cid: str
+    job_id: str
+    reconciler: OrphanReconciler
+    sent: list[tuple[str, str]]
+
+
+@contextmanager
+def one_claimed_job(tmp_path: Path) -> Iterator[OneJob]:
     with database("sqlite", tmp_path) as url:
         settings = Settings(database_url=url, redis_prefix=f"parley-test-{uuid.uuid4().hex[:10]}")
         db = make_engine(settings)
@@ -216,10 +231,6 @@ def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heart
             ).job.id
             claim_next(s, cid)
             s.commit()
-        with sessions() as s:
-            start_job(
-                s, job_id=job_id, conversation_id=cid, worker="gone", model="m", test_model=True
-            )
         sent: list[tuple[str, str]] = []
         reconciler = OrphanReconciler(
             sessions=sessions,
@@ -230,18 +241,35 @@ def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heart
             broker_queue=broker_queue_key(settings),
         )
         try:
-            assert reconciler.run_once() == []  # no heartbeat of its own: Redis may be empty
-            assert reconciler.run_once() == []
-            beat(redis, keys, name="me", info={"name": "me"}, ttl_s=30)
-            assert reconciler.run_once() == []  # a suspect, not yet an orphan
-            assert reconciler.run_once() == [job_id]
-            assert sent == [(job_id, cid)]
-            assert reconciler.run_once() == []  # queued now, nothing more to do
+            yield OneJob(redis, keys, sessions, cid, job_id, reconciler, sent)
         finally:
             for key in redis.scan_iter(match=f"{settings.redis_prefix}:*"):
                 redis.delete(key)
             redis.close()
             db.dispose()
+
+
+def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heartbeat(
+    tmp_path: Path,
+) -> None:
+    with one_claimed_job(tmp_path) as one:
+        with one.sessions() as s:
+            start_job(
+                s,
+                job_id=one.job_id,
+                conversation_id=one.cid,
+                worker="gone",
+                model="m",
+                test_model=True,
+            )
+        reconciler = one.reconciler
+        assert reconciler.run_once() == []  # no heartbeat of its own: Redis may be empty
+        assert reconciler.run_once() == []
+        beat(one.redis, one.keys, name="me", info={"name": "me"}, ttl_s=30)
+        assert reconciler.run_once() == []  # a suspect, not yet an orphan
+        assert reconciler.run_once() == [one.job_id]
+        assert one.sent == [(one.job_id, one.cid)]
+        assert reconciler.run_once() == []  # queued now, nothing more to do
 
 
 def test_jobs_in_the_broker_are_sent_again_when_another_redis_took_its_place(
@@ -250,43 +278,33 @@ def test_jobs_in_the_broker_are_sent_again_when_another_redis_took_its_place(
     """The epoch marker names the Redis server that set it: a marker that is missing (Redis
     lost its data) or names another server (a failover promoted a replica that may lack the
     newest messages) re-sends what SQL says is in the broker; the same server re-sends nothing."""
-    with database("sqlite", tmp_path) as url:
-        settings = Settings(database_url=url, redis_prefix=f"parley-test-{uuid.uuid4().hex[:10]}")
-        db = make_engine(settings)
-        sessions = make_session_factory(db)
-        redis = Redis.from_url(settings.redis_url)
-        keys = RedisKeys(settings.redis_prefix)
-        with sessions() as s:
-            cid = create_conversation(s, owner="o", max_context_turns=5, metadata={}).id
-            job_id = create_generated_turn(
-                s, owner="o", conversation_id=cid, speaker=0, text="t", params={}
-            ).job.id
-            claim_next(s, cid)  # in the broker, as far as SQL knows
-            s.commit()
-        sent: list[tuple[str, str]] = []
-        reconciler = OrphanReconciler(
-            sessions=sessions,
-            redis=redis,
-            keys=keys,
-            me="me",
-            enqueue=lambda j, c: sent.append((j, c)),
-            broker_queue=broker_queue_key(settings),
-        )
-        try:
-            assert reconciler.resend_if_redis_lost() == [job_id]  # no marker yet
-            run_id = redis.info("server")["run_id"]
-            assert redis.get(keys.epoch()) == run_id.encode()
-            assert reconciler.resend_if_redis_lost() == []  # the same server kept its data
-            redis.set(keys.epoch(), "f" * 40)  # as replicated from a primary now gone
-            assert reconciler.resend_if_redis_lost() == [job_id]
-            assert redis.get(keys.epoch()) == run_id.encode()
-            assert reconciler.resend_if_redis_lost() == []
-            assert sent == [(job_id, cid), (job_id, cid)]
-        finally:
-            for key in redis.scan_iter(match=f"{settings.redis_prefix}:*"):
-                redis.delete(key)
-            redis.close()
-            db.dispose()
+    with one_claimed_job(tmp_path) as one:
+        reconciler, redis, keys = one.reconciler, one.redis, one.keys
+        assert reconciler.resend_if_redis_lost() == [one.job_id]  # no marker yet
+        run_id = redis.info("server")["run_id"]
+        assert redis.get(keys.epoch()) == run_id.encode()
+        assert reconciler.resend_if_redis_lost() == []  # the same server kept its data
+        redis.set(keys.epoch(), "f" * 40)  # as replicated from a primary now gone
+        assert reconciler.resend_if_redis_lost() == [one.job_id]
+        assert redis.get(keys.epoch()) == run_id.encode()
+        assert reconciler.resend_if_redis_lost() == []
+        assert one.sent == [(one.job_id, one.cid), (one.job_id, one.cid)]
+
+
+def test_a_dispatched_job_in_no_queue_is_sent_again_unless_a_worker_holds_it(
+    tmp_path: Path,
+) -> None:
+    with one_claimed_job(tmp_path) as one:
+        reconciler = one.reconciler
+        assert reconciler.resend_lost_messages() == []  # no heartbeat of its own: judge nobody
+        beat(one.redis, one.keys, name="w2", info={"name": "w2", "jobs": [one.job_id]}, ttl_s=30)
+        beat(one.redis, one.keys, name="me", info={"name": "me", "jobs": []}, ttl_s=30)
+        assert reconciler.resend_lost_messages() == []  # held by a live worker
+        assert reconciler.resend_lost_messages() == []
+        one.redis.delete(one.keys.worker("w2"))  # that worker died holding it, before it ran
+        assert reconciler.resend_lost_messages() == []  # unseen once: not yet
+        assert reconciler.resend_lost_messages() == [one.job_id]
+        assert one.sent == [(one.job_id, one.cid)]
 
 
 def test_a_message_a_dying_worker_took_is_sent_again(make_stack: Callable[..., Stack]) -> None:
