@@ -6,13 +6,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from redis import Redis
 from redis.exceptions import RedisError
+
+from shared.redis_url import parse_redis_url
 
 
 def redis_answers(url: str) -> bool:
+    """Whether the Redis of ``url`` answers a PING; on Sentinel, whether the sentinels name a
+    primary for the service and that primary answers."""
     try:
-        client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = parse_redis_url(url).client(socket_connect_timeout=1, socket_timeout=1)
         try:
             return bool(client.ping())
         finally:
