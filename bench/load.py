@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import secrets
@@ -26,6 +25,7 @@ from typing import Any
 
 from bench import load_report, service_bench
 from bench.load_driver import LoadConfig, drive
+from bench.summary import print_and_save
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODEL_NOTE = (
@@ -133,12 +133,7 @@ def main() -> int:
     result = run(args)
     print(f"model: {result.get('model', result.get('server'))}")
     print(f"machine: {result['machine']['cores']} cores, database: {result.get('database', '-')}")
-    rows = load_report.table(result)
-    width = max(len(k) for k, _ in rows) + 2
-    for name, value in rows:
-        print(f"{name:<{width}}{value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    print_and_save(load_report.table(result), result, args.out)
     print(f"wrote {args.out}")
     return 0 if result["turns"]["lost"] == 0 and result["error_count"] == 0 else 1
 

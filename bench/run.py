@@ -16,7 +16,6 @@ Prints a table and writes ``bench/results/latest.json``. Medians, never one samp
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from bench import engine_bench, service_bench, service_concurrency
+from bench.summary import print_and_save
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,12 +214,7 @@ def main() -> int:
         result["service"] = run_service(args)
     result["seconds"] = time.perf_counter() - began
     print(f"model: {result['model']}\ndevice: {result['device']} ({result['dtype']})")
-    rows = _table(result)
-    width = max(len(k) for k, _ in rows) + 2
-    for key, value in rows:
-        print(f"{key:<{width}}{value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    print_and_save(_table(result), result, args.out)
     print(f"wrote {args.out} in {result['seconds']:.0f} s")
     return 0
 

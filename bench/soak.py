@@ -67,6 +67,7 @@ from sqlalchemy import func, select
 
 from bench.load import scratch_database
 from bench.service_bench import free_port
+from bench.summary import print_and_save
 from shared.db import make_engine
 from shared.models import Job, Turn, TurnMedia
 from shared.queue import broker_keyprefix, broker_queue_key
@@ -924,12 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
     )
     result = soak(config)
-    rows = table(result)
-    width = max(len(k) for k, _ in rows) + 2
-    for name, value in rows:
-        print(f"{name:<{width}}{value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    print_and_save(table(result), result, args.out)
     print(f"wrote {args.out}")
     failed = failures(result)
     if failed:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
+from typing import Any
 
 
 def first_audio(frames: int, firsts_ms: list[float], totals_ms: list[float]) -> dict:
@@ -28,3 +31,12 @@ def spread(values: list[float]) -> dict[str, float | int | None]:
     if not values:
         return {"n": 0, "p50": None, "p99": None}
     return {"n": len(values), "p50": percentile(values, 0.5), "p99": percentile(values, 0.99)}
+
+
+def print_and_save(rows: list[tuple[str, str]], result: dict[str, Any], out: Path) -> None:
+    """Print a bench's table (name, value per line) and write its whole result as JSON."""
+    width = max(len(k) for k, _ in rows) + 2
+    for name, value in rows:
+        print(f"{name:<{width}}{value}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))

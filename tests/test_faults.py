@@ -279,15 +279,6 @@ def deploy(
         ctx.__exit__(None, None, None)
 
 
-@pytest.fixture
-def redis_empty(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.kill()
-
-
 def restart_redis(redis: OwnRedis, *, empty: bool) -> None:
     """Start a killed Redis again on its port: with every write it acknowledged (it persists
     them all), or, ``empty``, with its files removed first."""
@@ -482,11 +473,11 @@ def test_worker_killed(
 
 
 def test_worker_frozen_past_heartbeat(
-    deploy: Callable[..., Case], redis_empty: OwnRedis, engine: Any
+    deploy: Callable[..., Case], own_redis: OwnRedis, engine: Any
 ) -> None:
     """SIGSTOP longer than its heartbeat lives: the other worker takes its turn over; resumed,
     it finds its attempt taken over and discards it."""
-    case = deploy("separate", redis_empty, workers=2)
+    case = deploy("separate", own_redis, workers=2)
     convs = case.conversations(LONG)
     first = convs[0][0]
     job = case.wait_running(first)
@@ -605,12 +596,12 @@ def pg() -> Iterator[tuple[PgCluster, str]]:
 def test_postgresql_restarted(
     pg: tuple[PgCluster, str],
     deploy: Callable[..., Case],
-    redis_empty: OwnRedis,
+    own_redis: OwnRedis,
     engine: Any,
     kind: str,
 ) -> None:
     cluster, url = pg
-    case = deploy(kind, redis_empty, db_url=url)
+    case = deploy(kind, own_redis, db_url=url)
     convs = case.conversations(LONG)
     case.wait_running(convs[0][0])
     cluster.stop()
