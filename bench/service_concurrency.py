@@ -124,10 +124,12 @@ def _split_loop(
     """The frame-loop thread's CPU cut by where its wall time went: ``model`` (prefill and
     steps), ``decode`` (batched Mimi decode) and ``loop_other`` (handing frames out)."""
     spent = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("model", "decode", "loop")}
-    if spent["loop"] <= 0:
+    # the loop's wall time holds the other two; the max guards against a reading that does not
+    whole = max(spent["loop"], spent["model"] + spent["decode"])
+    if whole <= 0:
         return {}
-    model = loop_cpu_s * min(1.0, spent["model"] / spent["loop"])
-    decode = loop_cpu_s * min(1.0, spent["decode"] / spent["loop"])
+    model = loop_cpu_s * spent["model"] / whole
+    decode = loop_cpu_s * spent["decode"] / whole
     return {"model": model, "decode": decode, "loop_other": max(0.0, loop_cpu_s - model - decode)}
 
 

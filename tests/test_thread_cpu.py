@@ -109,3 +109,14 @@ def test_the_loop_split_follows_the_engine_busy_times() -> None:
     )
     assert split == pytest.approx({"model": 7.5, "decode": 2.5, "loop_other": 0.0})
     assert service_concurrency._split_loop(5.0, {}, {}) == {}  # no heartbeat figures: no split
+
+
+def test_the_loop_split_adds_up_even_when_a_reading_counts_more_than_the_loop() -> None:
+    # a heartbeat read between the model's share and the loop's total of one iteration
+    split = service_concurrency._split_loop(
+        2.0, {"model": 1.0, "decode": 0.5, "loop": 2.0}, {"model": 2.0, "decode": 1.0, "loop": 3.0}
+    )
+    assert split["model"] + split["decode"] + split["loop_other"] == pytest.approx(2.0)
+    assert split["model"] == pytest.approx(2.0 * 1.0 / 1.5)
+    even = service_concurrency._split_loop(2.0, {}, {"model": 1.0, "decode": 0.5, "loop": 2.0})
+    assert (even["model"], even["decode"], even["loop_other"]) == pytest.approx((1.0, 0.5, 0.5))

@@ -91,7 +91,8 @@ class Batcher:
         self.steps_by_rows = [0] * (loop.max_batch + 1)
         # Wall seconds this thread spent, since start: prefilling and stepping the model
         # ("model"), decoding ("decode"), and whole iterations with turns to run ("loop",
-        # which also holds handing frames out). Read for benchmarks, through the heartbeat.
+        # which also holds handing frames out). Read for benchmarks, through the heartbeat;
+        # replaced whole once per iteration, so a reader never sees one iteration half counted.
         self.busy_s = {"model": 0.0, "decode": 0.0, "loop": 0.0}
 
     @property
@@ -135,7 +136,7 @@ class Batcher:
             self.steps_by_rows[len(loop.rows)] += 1
             try:
                 results = loop.step()
-                self.busy_s["model"] += time.perf_counter() - began
+                model_s = time.perf_counter() - began
             except Exception as exc:  # fail every turn in the batch, keep the thread alive
                 log.exception("frame loop step failed")
                 error = EngineError(f"generation failed: {type(exc).__name__}: {exc}")
@@ -143,12 +144,17 @@ class Batcher:
                     assert isinstance(row.key, TurnHandle)
                     self._drop(row.key, error)
                 continue
-            self._deliver(results)
-            self.busy_s["loop"] += time.perf_counter() - began
+            decode_s = self._deliver(results)
+            busy = self.busy_s
+            self.busy_s = {
+                "model": busy["model"] + model_s,
+                "decode": busy["decode"] + decode_s,
+                "loop": busy["loop"] + time.perf_counter() - began,
+            }
 
-    def _deliver(self, results: list[FrameResult]) -> None:
+    def _deliver(self, results: list[FrameResult]) -> float:
         """Decode every new frame in one pass; hand each turn its frame and samples (or its end,
-        or the error that ended it)."""
+        or the error that ended it). Returns the seconds the decode took."""
         frames: dict[object, np.ndarray] = {}  # (1, num_codebooks) int64
         for result in results:
             owner = result.key
@@ -161,18 +167,19 @@ class Batcher:
             except EngineError as exc:
                 self._drop(owner, exc)
         audio: dict[object, np.ndarray] = {}
+        decode_s = 0.0
         if frames:
             began = time.perf_counter()
             try:
                 audio = self._decoder.decode(frames)
-                self.busy_s["decode"] += time.perf_counter() - began
+                decode_s = time.perf_counter() - began
             except Exception as exc:  # fail the turns of this pass, keep the thread alive
                 log.exception("batched streaming decode failed")
                 error = exc if isinstance(exc, EngineError) else EngineError(f"decoding: {exc!r}")
                 for key in frames:
                     assert isinstance(key, TurnHandle)
                     self._drop(key, error)
-                return
+                return time.perf_counter() - began
         for result in results:
             owner = result.key
             assert isinstance(owner, TurnHandle)
@@ -183,6 +190,7 @@ class Batcher:
             if result.done:
                 self._decoder.remove(owner)
                 owner._put(_END)
+        return decode_s
 
     def _drop(self, handle: TurnHandle, item: object) -> None:
         """Take ``handle`` out of the loop and the decoder; ``item`` (end or error) ends it."""
