@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from shared.db import make_engine
-from shared.models import Base
+from shared.db.engine import make_engine
+from shared.db.models import Base
 from shared.settings import Settings
 
 target_metadata = Base.metadata

@@ -15,12 +15,13 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.body_limit import RequestSizeLimit
 from api.deps import check_rate_limit
-from api.http_metrics import HttpMetrics, HttpMetricsMiddleware
+from api.middleware.body_limit import RequestSizeLimit
+from api.middleware.http_metrics import HttpMetrics, HttpMetricsMiddleware
+from api.middleware.rate_limit import RateLimitHeaders
+from api.middleware.request_id import RequestIdMiddleware
 from api.presenters import error_response
-from api.rate_limit import RateLimitHeaders
-from api.request_id import RequestIdMiddleware
+from api.resources import ApiState
 from api.routes import (
     conversations,
     csm,
@@ -33,11 +34,10 @@ from api.routes import (
     voices,
 )
 from api.routes.playground import mount_playground
-from api.schemas import ErrorOut
-from api.service_metrics import ServiceCollector
-from api.state import ApiState
-from shared.api_keys import any_keys, bootstrap_env_keys
+from api.schemas.core import ErrorOut
+from api.services.service_metrics import ServiceCollector
 from shared.errors import ParleyError, TooManyRequests
+from shared.services.api_keys import any_keys, bootstrap_env_keys
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from api.rate_limit import SCOPE_KEY
-from api.state import ApiState
-from shared.auth import authenticate
+from api.middleware.rate_limit import SCOPE_KEY
+from api.resources import ApiState
 from shared.errors import TooManyRequests
+from shared.services.auth import authenticate
 
 
 def get_state(request: Request) -> ApiState:

@@ -8,10 +8,10 @@ from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import RedisError
 
-from api.schemas import ConversationOut, ErrorBody, JobOut, TurnOut, VoiceOut
-from shared.keys import RedisKeys
-from shared.models import Conversation, Job, JobStatus, Turn, Voice, VoiceStatus
-from shared.voices import SERVER_OWNER
+from api.schemas.core import ConversationOut, ErrorBody, JobOut, TurnOut, VoiceOut
+from shared.db.models import Conversation, Job, JobStatus, Turn, Voice, VoiceStatus
+from shared.redis_io.keys import RedisKeys
+from shared.services.voices import SERVER_OWNER
 
 
 def error_response(

@@ -68,10 +68,10 @@ from sqlalchemy import func, select
 from bench.load import scratch_database
 from bench.service_bench import free_port
 from bench.summary import print_and_save
-from shared.db import make_engine
-from shared.models import Job, Turn, TurnMedia
-from shared.queue import broker_keyprefix, broker_queue_key
-from shared.redis_server import redis_answers, start_redis
+from shared.db.engine import make_engine
+from shared.db.models import Job, Turn, TurnMedia
+from shared.jobs.queue import broker_keyprefix, broker_queue_key
+from shared.redis_io.server import redis_answers, start_redis
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ log = logging.getLogger("parley")
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from shared.migrate import upgrade
+    from shared.db.migrate import upgrade
 
     upgrade(settings)
     log.info("database at %s is up to date", settings.database_url)
@@ -85,7 +85,7 @@ def up_worker_devices(settings: Settings, workers: int) -> list[str]:
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
     """Flower on the broker, with the workers' own key prefix and transport options; arguments
     after ``flower`` go to Flower. It listens on 127.0.0.1 unless given ``--address``."""
-    from shared.queue import create_celery
+    from shared.jobs.queue import create_celery
 
     extra = list(args.extra)
     if not any(a.startswith("--address") for a in extra):
@@ -112,7 +112,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     does not), then run the workers and the API as supervised child processes: any that exits
     is started again."""
     from parley.supervisor import EXIT_MISCONFIGURED, Supervisor, command
-    from shared.redis_server import redis_answers, start_redis
+    from shared.redis_io.server import redis_answers, start_redis
 
     cmd_migrate(settings, args)
     if refuse_open_mode(settings, args):

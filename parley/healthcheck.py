@@ -14,9 +14,9 @@ import sys
 
 from redis.exceptions import RedisError
 
-from shared.keys import RedisKeys
+from shared.redis_io.heartbeats import live_workers
+from shared.redis_io.keys import RedisKeys
 from shared.settings import Settings
-from shared.workers import live_workers
 
 
 def cmd_healthcheck(settings: Settings, _args: argparse.Namespace) -> int:

@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from parley.db_trouble import db_reason, run_command
-from shared.api_keys import any_keys, create_key, list_keys, revoke_key
-from shared.db import make_engine, make_session_factory
+from shared.db.engine import make_engine, make_session_factory
+from shared.services.api_keys import any_keys, create_key, list_keys, revoke_key
 from shared.settings import Settings
 
 

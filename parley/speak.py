@@ -116,7 +116,7 @@ def cmd_render(client: ParleyClient, args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from shared.audio_formats import encode_file
+    from shared.audio.formats import encode_file
 
     fmt = output_format(args.output)
     try:

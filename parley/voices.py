@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from parley.db_trouble import run_command
+from shared.db.models import Voice
 from shared.errors import NotFound
-from shared.models import Voice
+from shared.services.voices import SERVER_OWNER, delete_voice
 from shared.settings import Settings
-from shared.voices import SERVER_OWNER, delete_voice
 
 if TYPE_CHECKING:
-    from api.state import ApiState
+    from api.resources import ApiState
 
 
 def _create(state: ApiState, args: argparse.Namespace) -> None:
@@ -27,7 +27,7 @@ def _create(state: ApiState, args: argparse.Namespace) -> None:
         data = path.read_bytes()
     except OSError as exc:
         raise NotFound(f"cannot read {path}: {exc.strerror}") from exc
-    from api.voice_intake import store_voice
+    from api.services.voice_intake import store_voice
 
     voice = store_voice(
         state, owner=SERVER_OWNER, name=args.name, text=args.text, speaker=args.speaker, data=data
@@ -63,7 +63,7 @@ def _delete(state: ApiState, args: argparse.Namespace) -> None:
 
 
 def cmd_voices(settings: Settings, args: argparse.Namespace) -> int:
-    from api.state import ApiState
+    from api.resources import ApiState
 
     state = ApiState.create(settings)
     try:

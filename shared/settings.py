@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.compile_modes import COMPILE_AUTO, COMPILE_MODES, COMPILE_OFF
 from shared.devices import is_device
-from shared.redis_url import RedisUrl, parse_redis_url
+from shared.redis_io.url import RedisUrl, parse_redis_url
 
 DEFAULT_MODEL = "sesame/csm-1b"
 # Room for a multipart upload's boundaries and small fields around its audio file.

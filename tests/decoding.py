@@ -10,8 +10,8 @@ import av
 import numpy as np
 import soundfile as sf
 
-from shared.audio import SAMPLE_RATE
-from shared.audio_codecs import AAC_FRAME, AAC_PRIMING, MP3_DELAY, MP3_GRANULE
+from shared.audio.codecs import AAC_FRAME, AAC_PRIMING, MP3_DELAY, MP3_GRANULE
+from shared.audio.containers import SAMPLE_RATE
 
 
 def decoded(data: bytes, fmt: str, *, streamed: bool = False) -> np.ndarray:
@@ -39,7 +39,7 @@ def decoded_length(data: bytes, fmt: str, *, streamed: bool = False) -> int:
 
 
 def assert_length(data: bytes, fmt: str, n: int, *, streamed: bool) -> None:
-    """``n`` samples, or what the codec adds (see ``shared.audio_codecs``)."""
+    """``n`` samples, or what the codec adds (see ``shared.audio.codecs``)."""
     got = decoded_length(data, fmt, streamed=streamed)
     if fmt == "aac":  # 1024 samples of priming, padded to whole 1024-sample frames
         assert got == math.ceil((n + AAC_PRIMING) / AAC_FRAME) * AAC_FRAME, (got, n)

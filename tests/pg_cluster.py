@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from shared.migrate import upgrade
+from shared.db.migrate import upgrade
 from shared.settings import Settings
 
 

@@ -7,7 +7,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from shared.redis_server import start_redis
+from shared.redis_io.server import start_redis
 
 
 def free_port() -> int:

@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.app import create_app
-from shared.keys import RedisKeys
-from shared.migrate import upgrade
+from shared.db.migrate import upgrade
+from shared.redis_io.heartbeats import live_workers
+from shared.redis_io.keys import RedisKeys
 from shared.settings import Settings
-from shared.workers import live_workers
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared import audio
+from shared.audio import containers as audio
 from shared.errors import InvalidInput
 from tests.sounds import audio_file, chirp, read
 

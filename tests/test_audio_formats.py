@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from shared.audio import FRAME_SAMPLES, SAMPLE_RATE, to_pcm16
-from shared.audio_codecs import AAC_FRAME, AAC_PRIMING, MP3_DELAY, MP3_GRANULE
-from shared.audio_formats import AUDIO_FORMATS, StreamEncoder, encode_file, transcode
-from shared.audio_tempo import TempoStretch, stretch
+from shared.audio.codecs import AAC_FRAME, AAC_PRIMING, MP3_DELAY, MP3_GRANULE
+from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE, to_pcm16
+from shared.audio.formats import AUDIO_FORMATS, StreamEncoder, encode_file, transcode
+from shared.audio.tempo import TempoStretch, stretch
 from shared.errors import InvalidInput
 from tests.sounds import chirp
 

@@ -18,9 +18,9 @@ import soundfile as sf
 from sqlalchemy import func, select
 
 from parley.dialogue import DialogueError, Line, parse_dialogue
-from shared.audio import FRAME_SAMPLES
-from shared.db import make_engine
-from shared.models import Conversation
+from shared.audio.containers import FRAME_SAMPLES
+from shared.db.engine import make_engine
+from shared.db.models import Conversation
 from tests.stack import Stack, running_stack
 
 KEY = "key-cli"

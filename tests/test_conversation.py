@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.audio import FRAME_SAMPLES, SAMPLE_RATE
+from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE
 from tests.expected import expected_codes, served_codes
 from tests.sounds import audio_file, chirp, read
 from tests.stack import Stack

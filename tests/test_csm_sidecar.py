@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from shared.audio import FRAME_SAMPLES, SAMPLE_RATE
-from shared.db import make_engine
-from shared.models import Conversation, Job, Turn
+from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE
+from shared.db.engine import make_engine
+from shared.db.models import Conversation, Job, Turn
 from tests.expected import expected_codes, served_codes
 from tests.sounds import audio_file, chirp
 from tests.stack import Stack

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
-from shared.models import Conversation, Job, Turn
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.migrate import upgrade
+from shared.db.models import Conversation, Job, Turn
 from shared.settings import Settings
 from tests.expected import expected_codes, served_codes
 from tests.pg_cluster import parley_cluster

@@ -9,12 +9,12 @@ from threading import Barrier, Thread
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.conversations import create_conversation
-from shared.db import make_engine, make_session_factory
-from shared.dispatch import claim_next, lock_conversation
-from shared.models import Job, JobStatus
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.models import Job, JobStatus
+from shared.jobs.dispatch import claim_next, lock_conversation
+from shared.services.conversations import create_conversation
+from shared.services.turns import create_generated_turn
 from shared.settings import Settings
-from shared.turns import create_generated_turn
 from tests.stack import database
 
 

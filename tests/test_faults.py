@@ -39,9 +39,9 @@ import psycopg
 import pytest
 from sqlalchemy import func, select
 
-from shared import audio
-from shared.db import make_engine, make_session_factory
-from shared.models import Job
+from shared.audio import containers as audio
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.models import Job
 from shared.settings import Settings
 from tests.expected import expected_codes, served_codes
 from tests.pg_cluster import PgCluster, parley_cluster

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from shared.workers import live_workers
+from shared.redis_io.heartbeats import live_workers
 from tests.servers import free_port
 from tests.stack import Stack
 

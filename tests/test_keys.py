@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import delete, select
 
 from parley.keys import is_loopback
-from shared.db import make_engine, make_session_factory
-from shared.models import ApiKey, Conversation
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.models import ApiKey, Conversation
 from shared.settings import Settings
 from tests.servers import free_port
 from tests.sounds import audio_file, chirp

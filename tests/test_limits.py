@@ -18,8 +18,8 @@ import uvicorn
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from shared.auth import owner_of
-from shared.models import Conversation, Job, Turn
+from shared.db.models import Conversation, Job, Turn
+from shared.services.auth import owner_of
 from shared.settings import Settings
 from tests.conftest import DB_KINDS
 from tests.servers import free_port
@@ -187,7 +187,7 @@ def test_rate_limit_per_key(make_stack: MakeStack) -> None:
 def test_rate_limiter_lets_requests_through_without_redis(
     make_stack: MakeStack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="api.rate_limit")
+    caplog.set_level(logging.WARNING, logger="api.middleware.rate_limit")
     stack = make_stack(
         "sqlite",
         workers=0,
@@ -197,7 +197,7 @@ def test_rate_limiter_lets_requests_through_without_redis(
     responses = [stack.client.post("/v1/conversations", json={}) for _ in range(5)]
     assert [r.status_code for r in responses] == [201] * 5
     assert "X-RateLimit-Limit" not in responses[0].headers
-    warnings = [r for r in caplog.records if r.name == "api.rate_limit"]
+    warnings = [r for r in caplog.records if r.name == "api.middleware.rate_limit"]
     assert len(warnings) == 1, warnings  # once per pause, not once per request
     assert warnings[0].levelno == logging.WARNING and "unreachable" in warnings[0].getMessage()
     assert snapshot_sql(stack) == 5

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from api.request_id import pick_request_id
+from api.middleware.request_id import pick_request_id
 from tests.servers import free_port
 from tests.stack import REDIS_URL, Stack, database
 

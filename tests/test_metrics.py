@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
-from shared import metrics
-from shared.keys import RedisKeys
+from shared.redis_io import metrics
+from shared.redis_io.keys import RedisKeys
 from tests.conftest import DB_KINDS
 from tests.stack import REDIS_URL, RUNNING_MS, Stack
 from worker.metrics import WorkerMetrics

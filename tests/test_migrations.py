@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from shared.db import make_engine
-from shared.migrate import alembic_config
-from shared.models import Base
+from shared.db.engine import make_engine
+from shared.db.migrate import alembic_config
+from shared.db.models import Base
 from shared.settings import Settings
 from tests.stack import database
 

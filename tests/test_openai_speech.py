@@ -23,9 +23,9 @@ import soundfile as sf
 from openai import OpenAI
 from sqlalchemy import func, select
 
-from shared.audio import FRAME_SAMPLES, SAMPLE_RATE
-from shared.audio_tempo import stretch
-from shared.models import Conversation, Job, JobStatus
+from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE
+from shared.audio.tempo import stretch
+from shared.db.models import Conversation, Job, JobStatus
 from tests.decoding import assert_length, decoded_length
 from tests.expected import expected_codes, served_codes
 from tests.http_server import serve

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 from redis import Redis
 
-from shared.conversations import create_conversation
-from shared.db import make_engine, make_session_factory
-from shared.dispatch import claim_next
-from shared.keys import RedisKeys
-from shared.models import Job, TurnMedia
-from shared.queue import broker_queue_key, create_celery, enqueue_job, queued_job_ids
-from shared.recovery import Orphan, OrphanReconciler, requeue_orphan
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.models import Job, TurnMedia
+from shared.jobs.dispatch import claim_next
+from shared.jobs.queue import broker_queue_key, create_celery, enqueue_job, queued_job_ids
+from shared.jobs.recovery import Orphan, OrphanReconciler, requeue_orphan
+from shared.redis_io.heartbeats import beat, live_workers
+from shared.redis_io.keys import RedisKeys
+from shared.services.conversations import create_conversation
+from shared.services.turns import create_generated_turn
 from shared.settings import Settings
-from shared.turns import create_generated_turn
-from shared.workers import beat, live_workers
 from tests.expected import expected_codes, served_codes
 from tests.stack import RUNNING_MS, Stack, database, wait_until
 from worker.job_state import JobPlan, start_job, succeed_job

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from redis import Redis
 
-from shared.audio_stream import AudioStreamReader
+from shared.redis_io.audio_stream import AudioStreamReader
 from tests.expected import expected_codes, served_codes
 from tests.servers import OwnRedis
 from tests.stack import Stack, wait_until
@@ -133,7 +133,7 @@ def test_a_reader_takes_no_chunk_after_lost_entries(own_redis: OwnRedis) -> None
 
     from redis.asyncio import Redis as AsyncRedis
 
-    from shared.audio_stream import AudioStreamWriter, end_stream
+    from shared.redis_io.audio_stream import AudioStreamWriter, end_stream
 
     sync = Redis.from_url(own_redis.url)
     writer = AudioStreamWriter(sync, "t:job:1:audio", maxlen=100)

@@ -23,7 +23,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.redis_server import bundled_redis_server, redis_answers
+from shared.redis_io.server import bundled_redis_server, redis_answers
 from tests.expected import expected_codes, served_codes
 from tests.servers import free_port
 from tests.stack import Stack, wait_until

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from redis import Redis
 from redis.sentinel import SentinelConnectionPool
 
-from shared.broker_transport import Channel, SentinelChannel
-from shared.queue import broker_keyprefix, create_celery
-from shared.redis_url import SENTINEL_PORT, RedisUrl, parse_redis_url, redact
+from shared.jobs.broker_transport import Channel, SentinelChannel
+from shared.jobs.queue import broker_keyprefix, create_celery
+from shared.redis_io.url import SENTINEL_PORT, RedisUrl, parse_redis_url, redact
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

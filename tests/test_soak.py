@@ -24,7 +24,7 @@ from bench.soak import (
     failures,
     soak,
 )
-from shared.queue import broker_keyprefix, broker_queue_key
+from shared.jobs.queue import broker_keyprefix, broker_queue_key
 from shared.settings import Settings
 from tests.stack import REDIS_URL
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from redis import Redis
 
-from shared.audio_stream import PCM_FIELD, AudioStreamWriter
+from shared.redis_io.audio_stream import PCM_FIELD, AudioStreamWriter
 from tests.servers import OwnRedis
 from worker.engine.csm import SamplingParams
 from worker.silence import SilenceGuard, frame_dbfs

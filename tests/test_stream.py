@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from shared.audio import FRAME_SAMPLES, SAMPLE_RATE
-from shared.audio_formats import AUDIO_FORMATS, MEDIA_TYPES
+from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE
+from shared.audio.formats import AUDIO_FORMATS, MEDIA_TYPES
 from tests.decoding import assert_length, decoded
 from tests.expected import expected_codes, served_codes
 from tests.http_server import serve

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import psutil
 
-from shared.redis_server import redis_answers
+from shared.redis_io.server import redis_answers
 from tests.servers import free_port
 
 

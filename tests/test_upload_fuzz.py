@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from shared.audio import SAMPLE_RATE, decode_upload
+from shared.audio.containers import SAMPLE_RATE, decode_upload
 from shared.errors import ParleyError
 from tests.sounds import audio_file, chirp, read
 from tests.stack import Stack, database

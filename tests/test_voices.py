@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from shared.models import Conversation, Voice
+from shared.db.models import Conversation, Voice
 from tests.conftest import DB_KINDS
 from tests.expected import expected_codes, served_codes
 from tests.sounds import audio_file, chirp, read
@@ -126,7 +126,7 @@ def test_bound_voice_is_pinned_at_the_head_of_its_speakers_prompts(
 def test_the_reference_takes_its_share_of_the_position_budget(
     make_stack: Callable[..., Stack], engine: Any
 ) -> None:
-    from shared.context import select_window
+    from shared.redis_io.context import select_window
 
     stack = make_stack("sqlite", max_audio_length_ms=60_000)
     make_voice(stack, "long", seconds=100.0)  # 1250 frames of the 2048 positions

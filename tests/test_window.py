@@ -1,6 +1,6 @@
 """The context window keeps the newest whole turns that fit, and never cuts one in half."""
 
-from shared.context import select_window
+from shared.redis_io.context import select_window
 
 
 def test_everything_fits() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shared.queue import ENCODE_VOICE_TASK, RUN_JOB_TASK, create_celery
+from shared.jobs.queue import ENCODE_VOICE_TASK, RUN_JOB_TASK, create_celery
 from worker.runtime import WorkerRuntime
 from worker.turn_runner import run_job
 from worker.voices import encode_voice

@@ -5,7 +5,7 @@
   (``worker.metrics``). It touches Redis only, so nothing the database does can delay a beat: a
   worker busy behind SQLite's write lock or a slow PostgreSQL is never taken for dead, and its
   turns are never spoken twice for that.
-- ``parley-recovery`` runs, once a period, the recovery pass (``shared.recovery``) and re-sends
+- ``parley-recovery`` runs, once a period, the recovery pass (``shared.jobs.recovery``) and re-sends
   voices whose encoding task was lost (``worker.voices``). These may wait on the database.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.queue import broker_queue_key, enqueue_job
-from shared.recovery import OrphanReconciler
-from shared.workers import beat, forget
+from shared.jobs.queue import broker_queue_key, enqueue_job
+from shared.jobs.recovery import OrphanReconciler
+from shared.redis_io.heartbeats import beat, forget
 from worker.consumer_watch import ConsumerState
 from worker.runtime import WorkerRuntime
 from worker.voices import resend_stale_voices

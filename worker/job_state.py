@@ -12,10 +12,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.codes import codes_to_bytes
-from shared.dispatch import claim_next, lock_conversation
-from shared.errors import NotFound
-from shared.models import (
+from shared.db.models import (
     Conversation,
     Job,
     JobKind,
@@ -26,6 +23,9 @@ from shared.models import (
     TurnVoice,
     utcnow,
 )
+from shared.errors import NotFound
+from shared.jobs.dispatch import claim_next, lock_conversation
+from shared.mimi_codes import codes_to_bytes
 
 log = logging.getLogger(__name__)
 

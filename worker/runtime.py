@@ -19,10 +19,10 @@ from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.context import ContextStore
-from shared.db import make_engine, make_session_factory
-from shared.keys import RedisKeys
-from shared.queue import create_celery
+from shared.db.engine import make_engine, make_session_factory
+from shared.jobs.queue import create_celery
+from shared.redis_io.context import ContextStore
+from shared.redis_io.keys import RedisKeys
 from shared.settings import Settings
 from worker.db_retry import retry_db
 from worker.metrics import WorkerMetrics

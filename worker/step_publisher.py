@@ -34,7 +34,7 @@ import numpy as np
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared import audio
+from shared.audio import containers as audio
 from worker.silence import frames_dbfs
 from worker.turn_audio import TurnAudio
 

@@ -30,9 +30,9 @@ import numpy as np
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
-from shared import audio
-from shared.audio_stream import AudioStreamWriter
-from shared.keys import JOB_KEY_TTL_S
+from shared.audio import containers as audio
+from shared.redis_io.audio_stream import AudioStreamWriter
+from shared.redis_io.keys import JOB_KEY_TTL_S
 from worker.silence import Frame, SilenceGuard
 
 if TYPE_CHECKING:

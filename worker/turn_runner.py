@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 
-from shared import audio
-from shared.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
-from shared.context import ContextEntry, select_window
+from shared.audio import containers as audio
+from shared.db.models import JobKind, TurnMedia
 from shared.errors import EngineError
+from shared.jobs.queue import enqueue_job, send_or_release
 from shared.logs import job_context
-from shared.models import JobKind, TurnMedia
-from shared.queue import enqueue_job, send_or_release
+from shared.redis_io.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
+from shared.redis_io.context import ContextEntry, select_window
 from worker.engine.csm import ContextTurn, SamplingParams
 from worker.job_state import JobPlan, fail_job, release_job, start_job, succeed_job
 from worker.metrics import TurnTiming

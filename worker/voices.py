@@ -16,12 +16,17 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
 
-from shared import audio
-from shared.codes import codes_from_bytes
+from shared.audio import containers as audio
+from shared.db.models import Voice, VoiceStatus, utcnow
 from shared.errors import EngineError
-from shared.models import Voice, VoiceStatus, utcnow
-from shared.queue import enqueue_voice
-from shared.voices import any_stale_voices, claim_stale_voices, fail_voice, store_voice_codes
+from shared.jobs.queue import enqueue_voice
+from shared.mimi_codes import codes_from_bytes
+from shared.services.voices import (
+    any_stale_voices,
+    claim_stale_voices,
+    fail_voice,
+    store_voice_codes,
+)
 from worker.engine.csm import ContextTurn
 from worker.runtime import WorkerRuntime
 

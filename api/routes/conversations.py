@@ -6,19 +6,19 @@ from collections.abc import Mapping
 
 from fastapi import APIRouter, Response
 
-from api.conversation_removal import remove_conversation
 from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import conversation_out
-from api.schemas import ConversationCreate, ConversationOut, ConversationUpdate
-from shared.conversations import (
+from api.schemas.core import ConversationCreate, ConversationOut, ConversationUpdate
+from api.services.conversation_removal import remove_conversation
+from shared.errors import InvalidInput
+from shared.services.conversations import (
     count_turns,
     create_conversation,
     get_conversation,
 )
-from shared.errors import InvalidInput
-from shared.quotas import check_conversation_quota
+from shared.services.quotas import check_conversation_quota
+from shared.services.voices import bind_speakers, speaker_voices
 from shared.settings import Settings
-from shared.voices import bind_speakers, speaker_voices
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 

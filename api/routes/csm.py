@@ -6,11 +6,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.csm_schemas import AudioPcmOut, CsmGenerate, MimiCodesOut
-from api.csm_sidecar import METADATA, answer, check_request
 from api.deps import OwnerDep, StateDep
-from api.schemas import ErrorOut
-from api.speech_turn import release, start_dialogue, wait_finished
+from api.schemas.core import ErrorOut
+from api.schemas.csm import AudioPcmOut, CsmGenerate, MimiCodesOut
+from api.services.csm_sidecar import METADATA, answer, check_request
+from api.services.speech_turn import release, start_dialogue, wait_finished
 
 router = APIRouter(prefix="/v1/csm", tags=["csm"])
 

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import StateDep
-from api.schemas import ReadyOut
-from shared.workers import live_workers
+from api.schemas.core import ReadyOut
+from shared.redis_io.heartbeats import live_workers
 
 router = APIRouter(tags=["health"])
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import job_out
-from api.schemas import JobOut
-from api.turn_intake import dispatch
-from shared.jobs import announce_cancel, cancel_job, get_job
+from api.schemas.core import JobOut
+from api.services.turn_intake import dispatch
+from shared.services.jobs import announce_cancel, cancel_job, get_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

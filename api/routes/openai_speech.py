@@ -1,13 +1,13 @@
 """OpenAI-compatible speech: ``POST /v1/audio/speech``, ``GET /v1/models``,
 ``GET /v1/audio/voices``.
 
-A request is one generated turn, queued like any other (``api.turn_intake``): the next turn of
-the caller's conversation named by ``X-Conversation-ID`` (or ``conversation_id``), spoken with
-its context; the first of a new kept conversation for ``"new"``; else the only turn of a one-off
-conversation, removed once the request is answered. Without ``stream_format`` the answer is the
-whole file once the turn is made; ``audio`` streams the file as the turn is generated, ``sse``
-sends it base64 in ``speech.audio.delta`` events, then ``speech.audio.done`` with the usage.
-"""
+A request is one generated turn, queued like any other (``api.services.turn_intake``): the next
+turn of the caller's conversation named by ``X-Conversation-ID`` (or ``conversation_id``),
+spoken with its context; the first of a new kept conversation for ``"new"``; else the only turn
+of a one-off conversation, removed once the request is answered. Without ``stream_format`` the
+answer is the whole file once the turn is made; ``audio`` streams the file as the turn is
+generated, ``sse`` sends it base64 in ``speech.audio.delta`` events, then ``speech.audio.done``
+with the usage."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from api.deps import OwnerDep, ReadSessionDep, StateDep
-from api.openai_models import CREATED, check_model, model_ids, owned_by
-from api.openai_schemas import ModelList, ModelOut, SpeechCreate, VoiceList, VoiceOut
-from api.openai_voices import OPENAI_VOICES, resolve_voice
+from api.resources import ApiState
 from api.routes.stream import LiveAudio
-from api.schemas import ErrorOut, TurnCreate, TurnParams
-from api.speech_output import (
+from api.schemas.core import ErrorOut, TurnCreate, TurnParams
+from api.schemas.openai import ModelList, ModelOut, SpeechCreate, VoiceList, VoiceOut
+from api.services.openai_models import CREATED, check_model, model_ids, owned_by
+from api.services.openai_voices import OPENAI_VOICES, resolve_voice
+from api.services.speech_output import (
     SSE_MEDIA_TYPE,
     StreamRender,
     audio_headers,
@@ -37,7 +38,7 @@ from api.speech_output import (
     sse_error,
     usage,
 )
-from api.speech_turn import (
+from api.services.speech_turn import (
     SpeechTurn,
     first_audio,
     outcome_error,
@@ -46,11 +47,10 @@ from api.speech_turn import (
     start_turn,
     wait_finished,
 )
-from api.state import ApiState
-from api.turn_intake import check_generated, describe_validation_error
+from api.services.turn_intake import check_generated, describe_validation_error
+from shared.db.models import JobStatus
 from shared.errors import InvalidInput, NotFound
-from shared.models import JobStatus
-from shared.voices import list_voices as list_named_voices
+from shared.services.voices import list_voices as list_named_voices
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

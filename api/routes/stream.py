@@ -3,7 +3,7 @@
 The body is raw 16-bit little-endian mono PCM at 24 kHz (``format=pcm``, the default, served as
 ``audio/pcm`` with ``X-Sample-Rate``), the same samples after a 44-byte WAV header of open
 length (``format=wav``), or a stream of ``flac``, ``mp3``, ``opus`` (Ogg) or ``aac`` (ADTS)
-encoded as the audio arrives (``shared.audio_formats``). The samples are exactly those of the
+encoded as the audio arrives (``shared.audio.formats``). The samples are exactly those of the
 turn's stored audio (pcm, wav, flac), or their lossy encoding.
 
 - A finished generated turn, or a provided one: its stored audio at once (from SQL).
@@ -33,15 +33,15 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from api.deps import OwnerDep, StateDep
-from api.speech_output import StreamRender, audio_headers
-from api.state import ApiState
-from shared import audio
-from shared.audio_formats import MEDIA_TYPES, AudioFormat, StreamEncoder, transcode
-from shared.audio_stream import AudioStreamReader, StreamRead
-from shared.conversations import get_conversation
+from api.resources import ApiState
+from api.services.speech_output import StreamRender, audio_headers
+from shared.audio import containers as audio
+from shared.audio.formats import MEDIA_TYPES, AudioFormat, StreamEncoder, transcode
+from shared.db.models import Job, JobStatus, TurnSource
 from shared.errors import Conflict, Unavailable
-from shared.models import Job, JobStatus, TurnSource
-from shared.turns import get_media, get_turn
+from shared.redis_io.audio_stream import AudioStreamReader, StreamRead
+from shared.services.conversations import get_conversation
+from shared.services.turns import get_media, get_turn
 
 router = APIRouter(prefix="/v1/conversations/{conversation_id}/turns", tags=["turns"])
 

@@ -10,15 +10,15 @@ from fastapi.responses import JSONResponse
 
 from api.deps import OwnerDep, ReadSessionDep, StateDep
 from api.presenters import turn_out
-from api.schemas import CodesOut, TurnCreate, TurnOut
-from api.turn_intake import parse_generated, store_generated, store_provided
-from api.uploads import audio_form, speaker_field
-from shared.audio_formats import EXTENSIONS, MEDIA_TYPES, AudioFormat, transcode
-from shared.codes import codes_from_bytes
-from shared.conversations import get_conversation
+from api.schemas.core import CodesOut, TurnCreate, TurnOut
+from api.services.turn_intake import parse_generated, store_generated, store_provided
+from api.services.uploads import audio_form, speaker_field
+from shared.audio.formats import EXTENSIONS, MEDIA_TYPES, AudioFormat, transcode
+from shared.db.models import Turn
 from shared.errors import Conflict, InvalidInput, PayloadTooLarge
-from shared.models import Turn
-from shared.turns import get_media, get_turn, list_turns
+from shared.mimi_codes import codes_from_bytes
+from shared.services.conversations import get_conversation
+from shared.services.turns import get_media, get_turn, list_turns
 
 router = APIRouter(prefix="/v1/conversations/{conversation_id}/turns", tags=["turns"])
 

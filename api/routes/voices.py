@@ -15,13 +15,13 @@ from fastapi.responses import JSONResponse
 
 from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import voice_out
-from api.schemas import CodesOut, VoiceOut
-from api.uploads import audio_form, speaker_field
-from api.voice_intake import store_voice
-from shared.audio_formats import MEDIA_TYPES, AudioFormat, transcode
-from shared.codes import codes_from_bytes
+from api.schemas.core import CodesOut, VoiceOut
+from api.services.uploads import audio_form, speaker_field
+from api.services.voice_intake import store_voice
+from shared.audio.formats import MEDIA_TYPES, AudioFormat, transcode
 from shared.errors import Conflict, InvalidInput
-from shared.voices import (
+from shared.mimi_codes import codes_from_bytes
+from shared.services.voices import (
     check_deletable,
     delete_voice,
     get_voice,

@@ -1,0 +1,1 @@
+"""Audio: containers and resampling, compressed codecs, served formats, tempo."""

@@ -1,0 +1,1 @@
+"""SQL: the engine and sessions, the models, migrations."""

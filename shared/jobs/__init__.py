@@ -1,0 +1,1 @@
+"""Job orchestration: the Celery app and queue, per-conversation dispatch, recovery."""

@@ -1,0 +1,3 @@
+"""Parley's Redis protocol: key names, clients, the context window, live audio streams,
+heartbeats, metric totals.
+"""
