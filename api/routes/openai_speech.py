@@ -22,7 +22,6 @@ from starlette.background import BackgroundTask
 
 from api.deps import OwnerDep, ReadSessionDep, StateDep
 from api.resources import ApiState
-from api.routes.stream import LiveAudio
 from api.schemas.core import ErrorOut, TurnCreate, TurnParams
 from api.schemas.openai import ModelList, ModelOut, SpeechCreate, VoiceList, VoiceOut
 from api.services.openai_models import CREATED, check_model, model_ids, owned_by
@@ -47,6 +46,7 @@ from api.services.speech_turn import (
     start_turn,
     wait_finished,
 )
+from api.services.stream_audio import LiveAudio
 from api.services.turn_intake import check_generated, describe_validation_error
 from shared.db.models import JobStatus
 from shared.errors import InvalidInput, NotFound

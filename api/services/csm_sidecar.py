@@ -11,10 +11,10 @@ import numpy as np
 from sqlalchemy import select
 
 from api.resources import ApiState
-from api.routes.stream import no_audio_error
 from api.schemas.core import TurnCreate, TurnParams
 from api.schemas.csm import AudioPcmOut, CsmGenerate, MimiCodesOut
 from api.services.speech_turn import SpeechTurn
+from api.services.stream_audio import no_audio_error
 from api.services.turn_intake import ProvidedAudio, check_generated, check_provided
 from shared.audio import containers as audio
 from shared.db.models import JobStatus, Turn, TurnSource

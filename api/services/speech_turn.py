@@ -12,9 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import DBAPIError
 
 from api.resources import ApiState
-from api.routes.stream import LiveAudio, no_audio_error, stored_pcm16
 from api.schemas.core import TurnCreate
 from api.services.conversation_removal import remove_conversation
+from api.services.stream_audio import LiveAudio, no_audio_error, stored_pcm16
 from api.services.turn_intake import (
     ProvidedAudio,
     store_dialogue,
