@@ -53,6 +53,17 @@ def test_a_child_that_exits_is_restarted_with_a_log_line(
     assert "restarting in 0.1 s" in exits[0] or "restarting in 0.0 s" in exits[0]
 
 
+def test_backoff_doubles_for_quick_exits_and_resets_after_a_stable_run() -> None:
+    sup = Supervisor(backoff_s=1.0, backoff_max_s=8.0, stable_s=60)
+    child = sup.add("c", command(python("pass")), proc=None)
+    sup.stop(timeout_s=5)
+    delays = []
+    for quick in range(1, 7):
+        child.quick_exits = quick
+        delays.append(sup.delay_for(child))
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
 def test_a_killed_child_is_restarted_and_stop_ends_all(tmp_path: Path) -> None:
     sup = Supervisor(backoff_s=0.05)
     try:

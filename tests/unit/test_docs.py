@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| `PARLEY_([A-Z0-9_]+)` \| ([^|]+) \|", re.MULTILINE)
 # Environment variables of the command-line client (parley say / render), not of the server.
 CLIENT_ENV = {"PARLEY_URL", "PARLEY_API_KEY"}
