@@ -1,6 +1,8 @@
-"""API keys: stored hashed in SQL, managed with the real `parley keys` CLI, checked on every
-request (a revocation holds at once), bootstrapped from PARLEY_API_KEYS; and the API serves
-open (without keys) only on a loopback address."""
+"""API keys over HTTP, the app in-process: a key made with the real `parley keys` CLI
+authenticates and a revocation holds at once, another key's resources are 404, keys from
+PARLEY_API_KEYS are stored (a revoked one stays revoked across restarts), and the API serves
+open only until a key exists. The CLI itself and serving off loopback:
+tests/integration/test_keys_cli.py."""
 
 from __future__ import annotations
 

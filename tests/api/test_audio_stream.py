@@ -1,11 +1,7 @@
-"""Redis restarted empty mid-run: every accepted turn still completes, exactly once.
-
-The test runs a Redis server of its own (the bundled ``redis-server`` on a free port; the
-machine's shared Redis is never touched), kills it while turns are running and queued, checks
-that the API keeps answering (and says degraded) while it is away, and restarts it empty. SQL
-is the truth: recovery re-sends what the broker lost, context windows are rebuilt from SQL, and
-every turn's codes equal what the engine speaks with exactly the earlier turns as context.
-"""
+"""A turn's audio stream in Redis (``shared.redis_io.audio_stream``), on a Redis server of the
+test's own: chunks carry their byte offset, and after lost entries a reader keeps the prefix it
+has and takes no further chunk. The whole run with Redis restarted empty:
+tests/integration/test_redis_loss.py."""
 
 from __future__ import annotations
 

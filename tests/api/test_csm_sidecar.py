@@ -1,8 +1,6 @@
-"""The CSM sidecar endpoint, ``POST /v1/csm/generate``, against a real worker on the tiny
-checkpoint: its context segments are the prompt (the codes equal those of the same dialogue
-built turn by turn through the conversation API, and the engine's own), both answer shapes
-carry the stored turn exactly, nothing is left behind, and bad input is a 422 naming the
-segment at fault with nothing written."""
+"""The CSM sidecar endpoint, ``POST /v1/csm/generate``, with no worker: a request that waits for
+its turn gives up after ``sync_wait_s`` with a 504 and cleans up. With a real worker:
+tests/integration/test_csm_sidecar.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Odd input the fuzzers found (tests/test_schema_fuzz.py, tests/test_upload_fuzz.py), each as a
+"""Odd input the fuzzers found (test_schema_fuzz.py, test_upload_fuzz.py), each as a
 small explicit example: a 4xx naming the problem, never a 5xx, on SQLite and PostgreSQL."""
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""A worker killed with SIGKILL mid-turn: another worker speaks the turn again, stored once."""
+"""Job recovery (``shared.jobs.recovery``) driven in-process against SQL and Redis, no worker:
+only the current attempt can store a turn, the reconciler waits two passes and judges nobody
+without a heartbeat, and jobs the broker lost are sent again unless a worker holds them. A
+worker killed mid-turn: tests/integration/test_job_recovery.py."""
 
 from __future__ import annotations
 

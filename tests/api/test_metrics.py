@@ -1,4 +1,6 @@
-"""GET /metrics on a real stack: it parses, and it moves as turns are queued, run and stored."""
+"""GET /metrics with no worker: it answers with Redis away; and a worker's observations that
+could not be sent wait for the next flush. Metrics moving as workers run turns:
+tests/integration/test_metrics.py."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The OpenAI-compatible speech endpoint, driven by the official ``openai`` client against a live
-uvicorn, with a real worker on the tiny checkpoint: every format decodes to the turn's length
-(within each codec's known padding), streaming by chunks and by server-sent events carries
-exactly the stored audio, seeds and sampling fields pass through ``extra_body``, a conversation
-named by ``X-Conversation-ID`` speaks each turn with the earlier ones as context, one-off
-requests leave nothing behind, and the caller's mistakes are 4xx naming the problem."""
+"""The OpenAI-compatible speech endpoint with keys and no worker: another owner's conversation
+is 404, no key is 401. With a real worker: tests/integration/test_openai_speech.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Streaming a turn's audio while it is generated, over real HTTP (uvicorn), with real workers,
-on SQLite and PostgreSQL: opened before the job starts, while it runs and after it ends, the
-stream carries exactly the stored audio's samples in pcm, wav and flac, and their encoding at
-its length in mp3, opus and aac; listeners that leave disturb nothing; turns that fail or are
-cancelled end their streams promptly."""
+"""Streaming a turn's audio with keys and no worker: another owner's turn is 404, no key is
+401. Streams of turns a real worker speaks: tests/integration/test_stream.py."""
 
 from __future__ import annotations
 

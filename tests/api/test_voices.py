@@ -1,5 +1,5 @@
-"""Named voices: a reference clip encoded to codes once, on a worker; bound to a speaker, it is
-pinned at the head of that speaker's every prompt, inside the 2048-position budget."""
+"""Named voices over HTTP with no worker: list, get, delete and owners; bad voices and bindings
+are refused. Voices encoded and spoken by a worker: tests/integration/test_voices.py."""
 
 from __future__ import annotations
 

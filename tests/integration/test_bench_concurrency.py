@@ -1,6 +1,5 @@
-"""A worker's threads carry OS names (``worker.thread_names``), and ``bench.thread_cpu`` splits
-a process's CPU by them; ``make bench``'s concurrent-turns figures at a tiny size against a
-real ``parley api`` and ``parley worker``."""
+"""``make bench``'s concurrent-turns figures (``bench.service_concurrency``) at a tiny size
+against a real ``parley api`` and ``parley worker``, with the worker's CPU split by thread."""
 
 from __future__ import annotations
 

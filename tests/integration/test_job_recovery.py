@@ -1,4 +1,6 @@
-"""A worker killed with SIGKILL mid-turn: another worker speaks the turn again, stored once."""
+"""A worker killed with SIGKILL mid-turn: another worker speaks the turn again, stored once;
+a worker behind the SQLite write lock is not taken for dead, and a duplicate or a dying
+worker's message is handled. The reconciler in-process: tests/api/test_job_recovery.py."""
 
 from __future__ import annotations
 

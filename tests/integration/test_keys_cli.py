@@ -1,6 +1,6 @@
-"""API keys: stored hashed in SQL, managed with the real `parley keys` CLI, checked on every
-request (a revocation holds at once), bootstrapped from PARLEY_API_KEYS; and the API serves
-open (without keys) only on a loopback address."""
+"""API keys: the real `parley keys` CLI stores them hashed in SQL (create, list, revoke,
+refusals), and `parley api` / `parley up` serve open (without keys) only on a loopback
+address. Keys checked on requests: tests/api/test_api_keys.py."""
 
 from __future__ import annotations
 

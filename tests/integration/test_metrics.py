@@ -1,4 +1,5 @@
-"""GET /metrics on a real stack: it parses, and it moves as turns are queued, run and stored."""
+"""GET /metrics on a real stack: it parses, and it moves as turns are queued, run and stored;
+the worker count and batch rows follow the workers."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""``PARLEY_REDIS_URL`` parsing: plain URLs as redis-py reads them, Sentinel URLs into sentinels,
-service and database, the broker's kombu form, and clear errors for a malformed URL. No server:
-what connects to a real Sentinel set-up is ``tests/test_redis_sentinel.py``."""
+"""``PARLEY_REDIS_URL`` malformed: ``parley`` stops at start with a clear error, touching
+nothing. The parsing itself: tests/unit/test_redis_url.py."""
 
 from __future__ import annotations
 

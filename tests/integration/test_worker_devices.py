@@ -1,5 +1,5 @@
-"""Devices: how `parley up` spreads workers over the GPUs it counts (without CUDA), the check a
-worker makes of its device, and /readyz naming each live worker's device."""
+"""Devices in real workers: /readyz names each live worker's device, a device the worker
+cannot see is refused, and ``parley worker --device`` wins over PARLEY_DEVICE."""
 
 from __future__ import annotations
 

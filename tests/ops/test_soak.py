@@ -1,7 +1,6 @@
-"""The soak (``bench/soak.py``): its read-back's arithmetic on made-up posts and rows, then a
-short real run with every fault kind in turn (worker killed, worker frozen, Redis killed and
-restarted empty and with its data, API killed): nothing lost, nothing duplicated, every fault
-recovered from."""
+"""The soak (``bench/soak.py``): a short real run with every fault kind in turn (worker killed,
+worker frozen, Redis killed and restarted empty and with its data, API killed): nothing lost,
+nothing duplicated, every fault recovered from."""
 
 from __future__ import annotations
 

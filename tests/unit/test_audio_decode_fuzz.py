@@ -1,7 +1,6 @@
-"""Uploads fuzzed with hypothesis: arbitrary bytes and mutated real files (WAV, FLAC, OGG, MP3,
-AIFF) decode to sane 24 kHz mono audio or are refused with a 4xx naming the problem, through
-``decode_upload`` and through HTTP; and an upload is judged by its content, never by its
-declared name or type."""
+"""``decode_upload`` fuzzed with hypothesis: arbitrary bytes and mutated real files (WAV, FLAC,
+OGG, MP3, AIFF) decode to sane 24 kHz mono audio or are refused with a 4xx naming the problem.
+Through HTTP: tests/api/test_upload_fuzz.py."""
 
 from __future__ import annotations
 

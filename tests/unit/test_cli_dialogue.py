@@ -1,7 +1,5 @@
-"""``parley say`` and ``parley render``, run as real CLI processes against a real HTTP server
-(uvicorn) with a real worker on the tiny checkpoint: the files decode to exactly the turns'
-stored audio (and the pauses), the conversation holds the turns in order, and every mistake is a
-one-line message with a nonzero exit, nothing sent for a bad file."""
+"""The dialogue files ``parley say`` and ``parley render`` read (``parley.dialogue``): lines,
+speakers and continuations, and errors that name the line."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Devices: how `parley up` spreads workers over the GPUs it counts (without CUDA), the check a
-worker makes of its device, and /readyz naming each live worker's device."""
+"""Devices: how `parley up` spreads workers over the GPUs it counts (without CUDA), and the
+check a worker makes of its device. In real workers: tests/integration/test_worker_devices.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """BatchedStreamingDecoder: each row's audio equals its own per-turn StreamingDecoder's.
 
 Everything runs the real tiny checkpoint's codec (or its weights under a changed config, as in
-tests/test_codec_stream.py). The reference for a row is a fresh ``StreamingDecoder`` fed the
+test_engine_codec_stream.py). The reference for a row is a fresh ``StreamingDecoder`` fed the
 same frames. A row alone must match it bit for bit; among other rows the BLAS rounds the batched
 products in another order, so those comparisons hold an SNR floor of 100 dB and a max abs error
 of 1e-5 of the peak (the tiny codec's decoder transformer is scaled down, so the window tests use

@@ -1,6 +1,4 @@
-"""API keys: stored hashed in SQL, managed with the real `parley keys` CLI, checked on every
-request (a revocation holds at once), bootstrapped from PARLEY_API_KEYS; and the API serves
-open (without keys) only on a loopback address."""
+"""Which hosts count as loopback for serving open without keys (``parley.keys.is_loopback``)."""
 
 from __future__ import annotations
 

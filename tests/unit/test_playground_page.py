@@ -1,7 +1,5 @@
-"""The playground at ``/``, driven end to end in headless Chromium (Debian's ``chromium``, through
-Playwright) against a real HTTP server and a real worker on the tiny checkpoint: a key entered,
-a conversation made, a voice bound, two turns typed for two speakers, each heard through the
-stream as it was generated (every stored byte arrived) and shown through its job's states."""
+"""The playground's page and files are served at ``/`` and ``/playground/``, outside the
+OpenAPI schema. Driven in a browser: tests/ops/test_playground.py."""
 
 from __future__ import annotations
 

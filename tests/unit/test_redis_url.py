@@ -1,6 +1,6 @@
 """``PARLEY_REDIS_URL`` parsing: plain URLs as redis-py reads them, Sentinel URLs into sentinels,
 service and database, the broker's kombu form, and clear errors for a malformed URL. No server:
-what connects to a real Sentinel set-up is ``tests/test_redis_sentinel.py``."""
+what connects to a real Sentinel set-up is ``tests/ops/test_redis_sentinel.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Log lines of real `parley api` and `parley worker` processes: JSON (or text) carrying the
-request id of the request, and the job and conversation ids of the job, they were logged for."""
+"""Request ids (``api.middleware.request_id``): an offered id that is not sane is replaced."""
 
 from __future__ import annotations
 

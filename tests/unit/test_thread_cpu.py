@@ -1,6 +1,5 @@
 """A worker's threads carry OS names (``worker.thread_names``), and ``bench.thread_cpu`` splits
-a process's CPU by them; ``make bench``'s concurrent-turns figures at a tiny size against a
-real ``parley api`` and ``parley worker``."""
+a process's CPU by them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A worker killed with SIGKILL mid-turn: another worker speaks the turn again, stored once."""
+"""The jobs a worker holds (``worker.runtime.HeldJobs``): counted per holder, announced on
+each change."""
 
 from __future__ import annotations
 
