@@ -1,6 +1,7 @@
-"""Compiled and CUDA-graphed frame-loop steps (worker/engine/step_graphs.py) against eager.
-
-Inductor runs here on CPU; the CUDA-graph tests run wherever a GPU is at hand and skip without.
+"""Compiled and CUDA-graphed frame-loop steps (worker/engine/step_graphs.py): the compile
+setting, the shape buckets, and CUDA-graph steps against eager, which run wherever a GPU is at
+hand and skip without. Inductor on CPU (a C++ build, minutes when its cache is cold):
+tests/integration/test_engine_compile.py.
 This module builds its own tiny checkpoint so it also runs with ``--noconftest`` on a GPU
 machine that lacks the service's dependencies.
 """
@@ -48,9 +49,6 @@ def _scenario(prompts: list[torch.Tensor]) -> dict[int, list[tuple[str, Any, Sam
     }
 
 
-# ---------------------------------------------------------------- settings and shapes
-
-
 def test_compile_setting_resolves_per_device() -> None:
     assert resolve_compile_mode("auto", CPU) == "off"
     assert resolve_compile_mode("1", CUDA) == "graphs"
@@ -84,32 +82,6 @@ def test_an_engine_refuses_graphs_without_cuda(tiny_engine: Any) -> None:
 
     with pytest.raises(ModelLoadError, match="needs CUDA"):
         CsmEngine.load(tiny_engine.model_name, device="cpu", compile="graphs")
-
-
-# ---------------------------------------------------------------- inductor (CPU)
-
-
-@pytest.mark.slow
-def test_inductor_steps_equal_eager_after_a_warm_up_that_covers_them(tiny_engine: Any) -> None:
-    prompts = _prompts(tiny_engine)
-    eager = run_frames(FrameLoop(tiny_engine._model, max_batch=2), _scenario(prompts))
-    compiled = FrameLoop(tiny_engine._model, max_batch=2, compile="inductor")
-    shapes = compiled.warm_up(max_span=256)
-    # buckets 1 and 2: a backbone step at span 256, a greedy and a sampled depth pass
-    assert shapes == 6
-    got = run_frames(compiled, _scenario(prompts))
-    assert compiled.compile_mode == "inductor"
-    assert compiled._steps.captured == shapes, "a turn compiled something the warm-up had not"
-    assert set(got) == {"a", "b", "c"}
-    for key in eager:
-        assert len(eager[key]) == {"a": 5, "b": 9, "c": 6}[key]
-        np.testing.assert_array_equal(got[key], eager[key], err_msg=key)
-    # and the same audio, decoded from the same codes
-    a_eager, a_compiled = (tiny_engine.decode(x["b"].astype(np.int64)) for x in (eager, got))
-    np.testing.assert_array_equal(a_compiled, a_eager)
-
-
-# ---------------------------------------------------------------- CUDA graphs (GPU only)
 
 
 @needs_cuda
