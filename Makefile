@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make run` serves Parley, `make test` runs the suite.
+# Two commands on a fresh machine: `make run` serves Parley, `make test` runs the suite
+# (`make test-unit` and the other tiers run a part of it; see tests/README.md).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parley-installed
@@ -8,7 +9,8 @@ TORCH_CPU ?= torch==2.13.0
 # release upstream cannot change a fresh clone's install under it.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install browser run test lint bench bench-gpu load soak lock clean
+.PHONY: install browser run test test-unit test-api test-integration test-ops lint bench bench-gpu \
+	load soak lock clean
 
 install: $(STAMP)
 
@@ -39,8 +41,25 @@ browser:
 		|| { $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends chromium; }; }
 
+# Everything: lint, then every tier (pytest's testpaths). What `.ci/run` calls.
 test: lint browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One tier at a time (tests/README.md), without lint; extra pytest options through PYTEST_ARGS,
+# e.g. make test-unit PYTEST_ARGS="-k window". unit needs no services; api needs Redis and
+# PostgreSQL; integration also starts worker processes; ops drives compose, `parley up`,
+# supervision, the browser, load, faults and Sentinel.
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-api: install
+	$(PY) -m pytest tests/api $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-ops: install browser
+	$(PY) -m pytest tests/ops $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench.run

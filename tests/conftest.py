@@ -90,7 +90,7 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The fault cases' recovery times (tests/test_faults.py), when any ran."""
+    """The fault cases' recovery times (tests/ops/test_faults.py), when any ran."""
     if not RECOVERY:
         return
     terminalreporter.section("time from each fault to the next turn's success")
