@@ -28,12 +28,13 @@ OpenBLAS on CPU, cuBLAS on CUDA) blocks a product by its shape, so a row's sums 
 another order than with ``steps`` rows (on CUDA, cuDNN's convolutions may do the same; on CPU
 the convolutions are batch-invariant once NNPACK is off, see ``_decode``). On the tiny
 checkpoint, 16 rows measure 135-146 dB SNR per row against the per-turn decoder, max abs error
-~4e-7 of the peak. A row's samples never depend on what its neighbours hold or on its slot:
-with the same number of rows in the call they are bit-identical (tests/test_codec_batch.py
-checks both). In bfloat16 on an H200 (csm-1b codec shapes, random weights) one row alone was
-bit-exact too, 16 rows 97-100 dB and 64 rows 46 dB against the per-turn decoder: bf16 round-off
-in other kernels, below the per-turn bf16 decoder's own 40 dB against a float32 decode (batched
-bf16 measured 40.15 dB against it, per-turn 40.20 dB).
+~4e-7 of the peak. A row's samples never depend on what its neighbours hold or on its slot: with
+the same number of rows in the call they are bit-identical
+(tests/unit/test_engine_codec_batch.py checks both). In bfloat16 on an H200 (csm-1b codec
+shapes, random weights) one row alone was bit-exact too, 16 rows 97-100 dB and 64 rows 46 dB
+against the per-turn decoder: bf16 round-off in other kernels, below the per-turn bf16 decoder's
+own 40 dB against a float32 decode (batched bf16 measured 40.15 dB against it, per-turn 40.20
+dB).
 
 Frames of one call all have the same count; calls with more than ``max_chunk_frames`` frames
 are decoded in pieces of at most that many.
