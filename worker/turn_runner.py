@@ -11,9 +11,10 @@ import time
 import numpy as np
 
 from shared.audio import containers as audio
+from shared.contract.params import TurnParams
 from shared.db.models import JobKind, TurnMedia
 from shared.errors import EngineError
-from shared.jobs.queue import enqueue_job, send_or_release
+from shared.jobs.queue import send_job
 from shared.logs import job_context
 from shared.redis_io.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
 from shared.redis_io.context import ContextEntry, select_window
@@ -117,13 +118,7 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
 
 def _enqueue(rt: WorkerRuntime, job_id: str | None, conversation_id: str) -> None:
     """Send the conversation's next job; a broker that is away leaves it to recovery."""
-    if job_id is not None:
-        send_or_release(
-            rt.sessions,
-            lambda j, c: enqueue_job(rt.celery, rt.settings, j, c),
-            job_id=job_id,
-            conversation_id=conversation_id,
-        )
+    send_job(rt.sessions, rt.celery, rt.settings, job_id=job_id, conversation_id=conversation_id)
 
 
 def _end_audio(
@@ -147,8 +142,8 @@ def _generate(
     rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming
 ) -> tuple[np.ndarray, bytes, int]:
     engine = rt.engine
-    params = plan.params
-    length_ms = params.get("max_audio_length_ms") or rt.settings.default_audio_length_ms
+    params = TurnParams.from_json(plan.params)  # the stored params, defaults filled in once
+    length_ms = params.max_audio_length_ms or rt.settings.default_audio_length_ms
     max_frames = max(1, int(length_ms) // audio.FRAME_MS)
     candidates = rt.in_sql(
         f"job {plan.job_id}: context",
@@ -194,12 +189,7 @@ def _generate(
         frames_key=rt.keys.job_frames(plan.job_id),
         cancel_key=rt.keys.job_cancel(plan.job_id),
     )
-    sampling = SamplingParams(
-        temperature=float(params.get("temperature", 0.9)),
-        top_k=int(params.get("top_k", 50)),
-        max_frames=max_frames,
-        seed=params.get("seed"),
-    )
+    sampling = SamplingParams.from_turn(params, max_frames=max_frames)
     engine.generate(window, plan.speaker, plan.text, sampling, on_frame=turn.on_frame)
     if turn.cancelled:
         raise Cancelled()

@@ -52,7 +52,7 @@ from shared.jobs.dispatch import (
     stalled_conversations,
 )
 from shared.jobs.queue import queued_job_ids, send_or_release
-from shared.redis_io.heartbeats import live_workers
+from shared.redis_io.heartbeats import live_beats
 from shared.redis_io.keys import RedisKeys
 from shared.services.jobs import forget_job_audio
 
@@ -177,11 +177,11 @@ class OrphanReconciler:
         first look is held (or running) by the second; a needless copy would be harmless."""
         with self._reads() as session:
             dispatched = dispatched_jobs(session)
-        workers = live_workers(self._redis, self._keys)
-        if self._me not in {str(w.get("name")) for w in workers} or not dispatched:
+        workers = live_beats(self._redis, self._keys)
+        if self._me not in {w.label for w in workers} or not dispatched:
             self._unseen.clear()  # Redis emptied or flaky (judge nobody), or nothing to judge
             return []
-        held = {str(j) for w in workers for j in w.get("jobs", ())}
+        held = {j for w in workers for j in w.held}
         candidates = {(j, c) for j, c in dispatched if j not in held}
         if candidates:
             queued = queued_job_ids(self._redis, self._broker_queue)
@@ -214,10 +214,10 @@ class OrphanReconciler:
                     Job.status == JobStatus.RUNNING
                 )
             ).all()
-        workers = live_workers(self._redis, self._keys)
-        live = {str(w.get("name")) for w in workers}
+        workers = live_beats(self._redis, self._keys)
+        live = {w.label for w in workers}
         # Who holds what, for heartbeats that list their jobs.
-        held = {str(w.get("name")): {str(j) for j in w["jobs"]} for w in workers if "jobs" in w}
+        held = {w.label: w.held for w in workers if w.jobs is not None}
         if self._me not in live:
             # Our own heartbeat is missing too: Redis was emptied or is flaky. Judge nobody.
             self._suspects.clear()
