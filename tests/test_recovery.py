@@ -20,8 +20,9 @@ from redis import Redis
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, TurnMedia
 from shared.jobs.dispatch import claim_next
+from shared.jobs.lifecycle import JobPlan, Orphan, requeue_orphan, start_job, succeed_job
 from shared.jobs.queue import broker_queue_key, create_celery, enqueue_job, queued_job_ids
-from shared.jobs.recovery import Orphan, OrphanReconciler, requeue_orphan
+from shared.jobs.recovery import OrphanReconciler
 from shared.redis_io.heartbeats import beat, live_workers
 from shared.redis_io.keys import RedisKeys
 from shared.services.conversations import create_conversation
@@ -29,7 +30,6 @@ from shared.services.turns import create_generated_turn
 from shared.settings import Settings
 from tests.expected import expected_codes, served_codes
 from tests.stack import RUNNING_MS, Stack, database, wait_until
-from worker.job_state import JobPlan, start_job, succeed_job
 from worker.runtime import HeldJobs
 
 TEXT = "A long turn whose worker is killed half way."

@@ -14,12 +14,12 @@ from shared.audio import containers as audio
 from shared.contract.params import TurnParams
 from shared.db.models import JobKind, TurnMedia
 from shared.errors import EngineError
+from shared.jobs.lifecycle import JobPlan, fail_job, release_job, start_job, succeed_job
 from shared.jobs.queue import send_job
 from shared.logs import job_context
 from shared.redis_io.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
 from shared.redis_io.context import ContextEntry, select_window
 from worker.engine.csm import ContextTurn, SamplingParams
-from worker.job_state import JobPlan, fail_job, release_job, start_job, succeed_job
 from worker.metrics import TurnTiming
 from worker.runtime import WorkerRuntime
 from worker.silence import SilenceGuard

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from redis import Redis
 from sqlalchemy import select
@@ -51,6 +50,7 @@ from shared.jobs.dispatch import (
     lock_conversation,
     stalled_conversations,
 )
+from shared.jobs.lifecycle import Orphan, requeue_orphan
 from shared.jobs.queue import queued_job_ids, send_or_release
 from shared.redis_io.heartbeats import live_beats
 from shared.redis_io.keys import RedisKeys
@@ -65,33 +65,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
-
-
-@dataclass(frozen=True)
-class Orphan:
-    job_id: str
-    conversation_id: str
-    worker: str | None
-
-
-def requeue_orphan(session: Session, orphan: Orphan) -> tuple[bool, str | None]:
-    """Put a running job of a vanished worker back in the queue. Returns (requeued, the job
-    to enqueue now, if any). Nothing changes when the job moved on meanwhile."""
-    try:
-        lock_conversation(session, orphan.conversation_id)
-    except NotFound:
-        return False, None
-    job = session.get(Job, orphan.job_id, populate_existing=True)
-    if job is None or job.status != JobStatus.RUNNING or job.worker != orphan.worker:
-        session.commit()
-        return False, None
-    job.status = job.turn.status = JobStatus.QUEUED
-    job.dispatched = False
-    job.worker = None
-    job.started_at = None
-    next_job_id = claim_next(session, orphan.conversation_id)
-    session.commit()
-    return True, next_job_id
 
 
 class OrphanReconciler:
