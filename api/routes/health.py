@@ -29,7 +29,7 @@ def healthz() -> dict[str, str]:
 def readyz(state: StateDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        with state.engine.connect() as conn:
+        with state.db.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not ready"; the reason is reported

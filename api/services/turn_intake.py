@@ -17,6 +17,7 @@ from shared.db.models import Turn
 from shared.errors import InvalidInput
 from shared.jobs.dispatch import claim_next
 from shared.jobs.queue import send_job
+from shared.resources import Resources
 from shared.services.conversations import create_conversation, get_conversation
 from shared.services.quotas import check_conversation_quota, check_job_quota
 from shared.services.turns import create_generated_turn, create_provided_turn
@@ -24,7 +25,7 @@ from shared.services.turns import create_generated_turn, create_provided_turn
 log = logging.getLogger(__name__)
 
 
-def check_text_and_speaker(state: ApiState, *, speaker: int, text: str) -> str:
+def check_text_and_speaker(state: Resources, *, speaker: int, text: str) -> str:
     settings = state.settings
     if not text.strip():
         raise InvalidInput("text is empty", code="empty_text")
@@ -159,7 +160,7 @@ class ProvidedAudio:
     n_samples: int
 
 
-def check_provided(state: ApiState, *, speaker: int, text: str, data: bytes) -> ProvidedAudio:
+def check_provided(state: Resources, *, speaker: int, text: str, data: bytes) -> ProvidedAudio:
     """Check a provided turn's text and speaker and decode its audio (InvalidInput naming what
     is wrong); nothing is stored."""
     text = check_text_and_speaker(state, speaker=speaker, text=text)
