@@ -11,6 +11,7 @@ from api.schemas.csm import CsmGenerate
 from shared.contract import (
     RUN_JOB_TASK,
     EncodeVoiceArgs,
+    EntryKind,
     RunJobArgs,
     StreamEntry,
     TurnParams,
@@ -85,3 +86,8 @@ def test_the_audio_stream_uses_the_contracts_fields() -> None:
     assert audio_stream.PCM_FIELD is StreamEntry.PCM
     assert audio_stream.END_FIELD is StreamEntry.END
     assert (StreamEntry.AT, StreamEntry.BYTES) == (b"at", b"bytes")
+
+
+def test_an_entry_is_a_chunk_or_the_end() -> None:
+    assert EntryKind.of({StreamEntry.PCM: b"\0\0", StreamEntry.AT: b"0"}) is EntryKind.CHUNK
+    assert EntryKind.of({StreamEntry.END: b"succeeded"}) is EntryKind.END

@@ -15,7 +15,7 @@ from __future__ import annotations
 from shared.contract.heartbeat import WorkerBeat
 from shared.contract.params import TurnParams
 from shared.contract.states import TRANSITIONS, IllegalTransition, JobStatus, check_transition
-from shared.contract.stream import StreamEntry
+from shared.contract.stream import EntryKind, StreamEntry
 from shared.contract.tasks import ENCODE_VOICE_TASK, RUN_JOB_TASK, EncodeVoiceArgs, RunJobArgs
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "RUN_JOB_TASK",
     "TRANSITIONS",
     "EncodeVoiceArgs",
+    "EntryKind",
     "IllegalTransition",
     "JobStatus",
     "RunJobArgs",

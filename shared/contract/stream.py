@@ -9,6 +9,8 @@ See ``shared.redis_io.audio_stream`` for what they mean to the writer and the re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from enum import StrEnum
 from typing import Literal
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
@@ -21,3 +23,15 @@ class StreamEntry:
     AT = b"at"  # a chunk's first byte in the turn's audio
     END = b"end"  # the terminal entry's outcome
     BYTES = b"bytes"  # the terminal entry's total length of the stored audio's PCM
+
+
+class EntryKind(StrEnum):
+    """What an entry is: a chunk of audio, or the terminal entry."""
+
+    CHUNK = "chunk"
+    END = "end"
+
+    @classmethod
+    def of(cls, fields: Mapping[bytes, object]) -> EntryKind:
+        """An entry with an ``END`` field is the end; any other is a chunk."""
+        return cls.END if StreamEntry.END in fields else cls.CHUNK

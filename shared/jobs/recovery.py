@@ -36,7 +36,6 @@ never after the broker's hour-long visibility timeout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from redis import Redis
 from sqlalchemy import select
@@ -51,7 +50,7 @@ from shared.jobs.dispatch import (
     stalled_conversations,
 )
 from shared.jobs.lifecycle import Orphan, requeue_orphan
-from shared.jobs.queue import queued_job_ids, send_or_release
+from shared.jobs.queue import JobSender, queued_job_ids, send_or_release
 from shared.redis_io.heartbeats import live_beats
 from shared.redis_io.keys import RedisKeys
 from shared.services.jobs import forget_job_audio
@@ -79,10 +78,11 @@ class OrphanReconciler:
         redis: Redis,
         keys: RedisKeys,
         me: str,
-        enqueue: Callable[[str, str], None],
+        enqueue: JobSender,
         broker_queue: str,
     ) -> None:
-        """``me`` is this worker's name; ``enqueue(job_id, conversation_id)`` sends a job.
+        """``me`` is this worker's name; ``enqueue(job_id, conversation_id)`` sends a job
+        (``shared.jobs.queue.job_sender``; tests pass one that records).
         ``reads`` (default ``sessions``) serves the pass's look-ups; on SQLite a read-only
         factory keeps them from waiting for the write lock."""
         self._sessions = sessions

@@ -31,8 +31,8 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
+from shared.contract.stream import EntryKind, StreamEntry
 from shared.contract.stream import Outcome as Outcome
-from shared.contract.stream import StreamEntry
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class AudioStreamReader:
         chunks: list[bytes] = []
         for entry_id, fields in _entries(reply):
             self._last_id = entry_id
-            if END_FIELD in fields:
+            if EntryKind.of(fields) is EntryKind.END:
                 self.end = bytes(fields[END_FIELD]).decode()
                 if BYTES_FIELD in fields:
                     self.total_bytes = int(fields[BYTES_FIELD])
