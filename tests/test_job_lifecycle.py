@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.contract.params import TurnParams
 from shared.contract.states import TRANSITIONS, IllegalTransition, JobStatus, check_transition
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job
@@ -124,6 +125,7 @@ def test_legal_changes_pass_start_then_fail(sessions: sessionmaker[Session]) -> 
     assert _status(sessions, job_id) == ("queued", "queued")
     plan = _start(sessions, cid, job_id)
     assert _status(sessions, job_id) == ("running", "running")
+    assert plan.params == TurnParams()  # stored as {}: read once, with the contract's defaults
     with sessions() as s:
         fail_job(s, plan, code="engine_error", message="boom")
     assert _status(sessions, job_id) == ("failed", "failed")

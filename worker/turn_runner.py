@@ -11,7 +11,6 @@ import time
 import numpy as np
 
 from shared.audio import containers as audio
-from shared.contract.params import TurnParams
 from shared.db.models import JobKind, TurnMedia
 from shared.errors import EngineError
 from shared.jobs.lifecycle import JobPlan, fail_job, release_job, start_job, succeed_job
@@ -142,7 +141,7 @@ def _generate(
     rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming
 ) -> tuple[np.ndarray, bytes, int]:
     engine = rt.engine
-    params = TurnParams.from_json(plan.params)  # the stored params, defaults filled in once
+    params = plan.params
     length_ms = params.max_audio_length_ms or rt.settings.default_audio_length_ms
     max_frames = max(1, int(length_ms) // audio.FRAME_MS)
     candidates = rt.in_sql(

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.contract.params import TurnParams
 from shared.contract.states import JobStatus, check_transition
 from shared.db.models import (
     Conversation,
@@ -86,7 +86,7 @@ class JobPlan:
     index: int
     speaker: int
     text: str
-    params: dict[str, Any]  # as stored; the worker reads them with TurnParams.from_json
+    params: TurnParams  # as stored, read once: missing keys take the contract's defaults
     max_context_turns: int
     worker: str  # who runs it, and which attempt: a job taken over by recovery is not ours
     attempt: int
@@ -158,7 +158,7 @@ def start_job(
         index=turn.index,
         speaker=turn.speaker,
         text=turn.text,
-        params=dict(turn.params or {}),
+        params=TurnParams.from_json(turn.params),
         max_context_turns=conversation.max_context_turns,
         worker=worker,
         attempt=job.attempts,
