@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DatabaseError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.body_limits import request_limit
 from api.deps import check_rate_limit
 from api.middleware.body_limit import RequestSizeLimit
 from api.middleware.http_metrics import HttpMetrics, HttpMetricsMiddleware
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and the service-wide ones read from SQL and Redis at scrape time.
     app.state.metrics_registry = registry = CollectorRegistry()
     registry.register(ServiceCollector(state))
-    app.add_middleware(RequestSizeLimit, max_bytes=settings.request_bytes_limit)
+    app.add_middleware(RequestSizeLimit, limit=request_limit(settings))
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_middleware(RequestIdMiddleware)  # outermost: every log line of a request has its id

@@ -14,7 +14,7 @@ import sys
 
 from redis.exceptions import RedisError
 
-from shared.redis_io.heartbeats import live_workers
+from shared.redis_io.heartbeats import live_beats
 from shared.redis_io.keys import RedisKeys
 from shared.settings import Settings
 
@@ -24,20 +24,20 @@ def cmd_healthcheck(settings: Settings, _args: argparse.Namespace) -> int:
     try:
         client = settings.redis.client(socket_timeout=3, socket_connect_timeout=3)
         try:
-            workers = live_workers(client, RedisKeys(settings.redis_prefix))
+            workers = live_beats(client, RedisKeys(settings.redis_prefix))
         finally:
             client.close()
     except RedisError as exc:
         print(f"unhealthy: Redis does not answer ({exc})", file=sys.stderr)
         return 1
-    here = [w for w in workers if str(w.get("name", "")).endswith(f"@{host}")]
+    here = [w for w in workers if (w.name or "").endswith(f"@{host}")]
     if not here:
         print(f"unhealthy: no worker on {host} has a live heartbeat", file=sys.stderr)
         return 1
-    if not any(w.get("consuming") for w in here):
+    if not any(w.consuming for w in here):
         print(f"unhealthy: the worker on {host} is not consuming from the broker", file=sys.stderr)
         return 1
-    print(f"healthy: {', '.join(str(w['name']) for w in here if w.get('consuming'))}")
+    print(f"healthy: {', '.join(w.label for w in here if w.consuming)}")
     return 0
 
 

@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from parley.db_trouble import run_command
 from shared.db.models import Voice
 from shared.errors import NotFound
+from shared.resources import Resources
 from shared.services.voices import SERVER_OWNER, delete_voice
 from shared.settings import Settings
 
-if TYPE_CHECKING:
-    from api.resources import ApiState
 
-
-def _create(state: ApiState, args: argparse.Namespace) -> None:
+def _create(state: Resources, args: argparse.Namespace) -> None:
     path = Path(args.audio)
     try:
         data = path.read_bytes()
@@ -38,7 +35,7 @@ def _create(state: ApiState, args: argparse.Namespace) -> None:
     )
 
 
-def _list(state: ApiState, _args: argparse.Namespace) -> None:
+def _list(state: Resources, _args: argparse.Namespace) -> None:
     with state.reads() as session:
         rows = session.scalars(
             select(Voice).where(Voice.owner == SERVER_OWNER).order_by(Voice.name)
@@ -50,7 +47,7 @@ def _list(state: ApiState, _args: argparse.Namespace) -> None:
             print(f"{v.name}\t{v.status}\tspeaker {v.speaker}\t{v.duration_ms} ms\t{v.text}")
 
 
-def _delete(state: ApiState, args: argparse.Namespace) -> None:
+def _delete(state: Resources, args: argparse.Namespace) -> None:
     with state.sessions() as session:
         voice = session.scalar(
             select(Voice).where(Voice.owner == SERVER_OWNER, Voice.name == args.name)
@@ -63,9 +60,7 @@ def _delete(state: ApiState, args: argparse.Namespace) -> None:
 
 
 def cmd_voices(settings: Settings, args: argparse.Namespace) -> int:
-    from api.resources import ApiState
-
-    state = ApiState.create(settings)
+    state = Resources.open(settings)
     try:
         return run_command("voices", settings, lambda: args.voices_action(state, args))
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import signals
 
+from shared.contract.heartbeat import WorkerBeat
 from shared.errors import DeviceUnavailable, ModelLoadError
 from shared.settings import Settings
 from worker.celery_app import create_worker_app
@@ -58,15 +59,15 @@ def run_worker(settings: Settings, *, name: str | None = None) -> int:
     heartbeat = Heartbeat(
         rt,
         consumer,
-        {
-            "name": rt.name,
-            "model": rt.model_label,
-            "test_model": engine.is_test_model,
-            "device": engine.device,
-            "pid": os.getpid(),
-            "max_batch": engine.batcher.max_batch,
-            "compile": engine.compile_mode,
-        },
+        WorkerBeat(
+            name=rt.name,
+            model=rt.model_label,
+            test_model=engine.is_test_model,
+            device=engine.device,
+            pid=os.getpid(),
+            max_batch=engine.batcher.max_batch,
+            compile=engine.compile_mode,
+        ),
     )
     heartbeat.start()
     watchdog = Watchdog(

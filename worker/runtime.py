@@ -1,4 +1,5 @@
-"""What a worker process makes once at start-up and passes to every job.
+"""What a worker process makes once at start-up and passes to every job: the shared bundle
+(``shared.resources.Resources``) plus the engine, the worker's name and its own parts.
 
 The step publisher (every running turn's Redis writes, one pipeline a step) opens with the
 runtime and closes in :meth:`WorkerRuntime.close`.
@@ -14,15 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from celery import Celery
-from redis import Redis
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from shared.db.engine import make_engine, make_session_factory
-from shared.jobs.queue import create_celery
-from shared.redis_io.context import ContextStore
-from shared.redis_io.keys import RedisKeys
+from shared.resources import Resources
 from shared.settings import Settings
 from worker.db_retry import retry_db
 from worker.metrics import WorkerMetrics
@@ -70,16 +65,8 @@ class HeldJobs:
 
 
 @dataclass
-class WorkerRuntime:
-    settings: Settings
+class WorkerRuntime(Resources):
     engine: CsmEngine
-    db: Engine
-    sessions: sessionmaker[Session]
-    reads: sessionmaker[Session]  # read-only work: never takes SQLite's write lock
-    redis: Redis
-    context: ContextStore
-    keys: RedisKeys
-    celery: Celery
     name: str
     publisher: StepPublisher  # every running turn's per-step Redis writes, one pipeline a step
     held: HeldJobs = field(default_factory=HeldJobs)
@@ -89,20 +76,12 @@ class WorkerRuntime:
     def create(
         cls, settings: Settings, engine: CsmEngine, *, name: str | None = None
     ) -> WorkerRuntime:
-        db = make_engine(settings)
-        redis = settings.redis.client(socket_timeout=10, socket_connect_timeout=5)
-        publisher = StepPublisher(redis)
+        base = Resources.open(settings, redis_timeout_s=10, redis_connect_timeout_s=5)
+        publisher = StepPublisher(base.redis)
         publisher.start()
         return cls(
-            settings=settings,
+            **base.shared(),
             engine=engine,
-            db=db,
-            sessions=make_session_factory(db),
-            reads=make_session_factory(db, read_only=True),
-            redis=redis,
-            context=ContextStore(redis, settings.redis_prefix),
-            keys=RedisKeys(settings.redis_prefix),
-            celery=create_celery(settings),
             name=name or worker_name(),
             publisher=publisher,
         )
@@ -130,5 +109,4 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self.publisher.stop()
-        self.redis.close()
-        self.db.dispose()
+        super().close()

@@ -13,12 +13,12 @@ import numpy as np
 from shared.audio import containers as audio
 from shared.db.models import JobKind, TurnMedia
 from shared.errors import EngineError
-from shared.jobs.queue import enqueue_job, send_or_release
+from shared.jobs.lifecycle import JobPlan, fail_job, release_job, start_job, succeed_job
+from shared.jobs.queue import send_job
 from shared.logs import job_context
 from shared.redis_io.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
 from shared.redis_io.context import ContextEntry, select_window
 from worker.engine.csm import ContextTurn, SamplingParams
-from worker.job_state import JobPlan, fail_job, release_job, start_job, succeed_job
 from worker.metrics import TurnTiming
 from worker.runtime import WorkerRuntime
 from worker.silence import SilenceGuard
@@ -117,13 +117,7 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
 
 def _enqueue(rt: WorkerRuntime, job_id: str | None, conversation_id: str) -> None:
     """Send the conversation's next job; a broker that is away leaves it to recovery."""
-    if job_id is not None:
-        send_or_release(
-            rt.sessions,
-            lambda j, c: enqueue_job(rt.celery, rt.settings, j, c),
-            job_id=job_id,
-            conversation_id=conversation_id,
-        )
+    send_job(rt.sessions, rt.celery, rt.settings, job_id=job_id, conversation_id=conversation_id)
 
 
 def _end_audio(
@@ -148,7 +142,7 @@ def _generate(
 ) -> tuple[np.ndarray, bytes, int]:
     engine = rt.engine
     params = plan.params
-    length_ms = params.get("max_audio_length_ms") or rt.settings.default_audio_length_ms
+    length_ms = params.max_audio_length_ms or rt.settings.default_audio_length_ms
     max_frames = max(1, int(length_ms) // audio.FRAME_MS)
     candidates = rt.in_sql(
         f"job {plan.job_id}: context",
@@ -194,12 +188,7 @@ def _generate(
         frames_key=rt.keys.job_frames(plan.job_id),
         cancel_key=rt.keys.job_cancel(plan.job_id),
     )
-    sampling = SamplingParams(
-        temperature=float(params.get("temperature", 0.9)),
-        top_k=int(params.get("top_k", 50)),
-        max_frames=max_frames,
-        seed=params.get("seed"),
-    )
+    sampling = SamplingParams.from_turn(params, max_frames=max_frames)
     engine.generate(window, plan.speaker, plan.text, sampling, on_frame=turn.on_frame)
     if turn.cancelled:
         raise Cancelled()

@@ -1,4 +1,5 @@
-"""The request body limit (``max_request_bytes``) for every request, before any route reads it.
+"""The request body limit (``max_request_bytes``) for every request, before any route reads it
+(the limit and its rule: ``api.body_limits``).
 
 A declared ``Content-Length`` over the limit is refused at once, unread. A body without one
 (chunked) is counted as the app reads it, and the read that passes the limit raises
@@ -13,9 +14,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.body_limits import BodyLimit
 from api.presenters import error_response
-
-CODE = "request_too_large"
 
 
 class RequestTooLarge(HTTPException):
@@ -24,18 +24,19 @@ class RequestTooLarge(HTTPException):
 
 
 class RequestSizeLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, limit: BodyLimit) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            message = f"request body is {declared} bytes; the limit is {self.max_bytes}"
-            await error_response(413, CODE, f"{message} (max_request_bytes)")(scope, receive, send)
+        if limit.declared_over(declared):
+            message = limit.declared_message(declared)
+            await error_response(413, limit.code, message)(scope, receive, send)
             return
 
         received = 0
@@ -46,10 +47,9 @@ class RequestSizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if limit.over(received):
                     raise RequestTooLarge(
-                        f"request body ran past the limit of {self.max_bytes} bytes "
-                        "(max_request_bytes)"
+                        limit.message(f"request body ran past the limit of {limit.max_bytes} bytes")
                     )
             return message
 
@@ -63,4 +63,4 @@ class RequestSizeLimit:
         except RequestTooLarge as exc:
             if started:
                 raise
-            await error_response(413, CODE, exc.detail)(scope, receive, send)
+            await error_response(413, limit.code, exc.detail)(scope, receive, send)

@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from api.deps import StateDep
 from api.schemas.core import ReadyOut
-from shared.redis_io.heartbeats import live_workers
+from shared.contract.heartbeat import WorkerBeat
+from shared.redis_io.heartbeats import live_beats
 
 router = APIRouter(tags=["health"])
 
@@ -28,35 +29,36 @@ def healthz() -> dict[str, str]:
 def readyz(state: StateDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        with state.engine.connect() as conn:
+        with state.db.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not ready"; the reason is reported
         checks["database"] = f"unavailable: {type(exc).__name__}"
-    workers: list[dict] = []
+    workers: list[WorkerBeat] = []
     try:
         state.redis.ping()
         checks["redis"] = "ok"
-        workers = live_workers(state.redis, state.keys)
+        workers = live_beats(state.redis, state.keys)
         checks["workers"] = f"{len(workers)} live" if workers else "none live"
-        idle = sum(1 for w in workers if not w.get("consuming", True))
+        # A heartbeat that does not say whether it consumes is taken to consume.
+        idle = sum(1 for w in workers if w.consuming is False)
         if idle:  # alive, but its consumer is not (yet, or any more) taking turns
             checks["workers"] += f", {idle} not consuming"
     except Exception as exc:  # as above
         checks["redis"] = f"unavailable: {type(exc).__name__}"
         checks["workers"] = "unknown (redis unavailable)"
-    serving = any(w.get("consuming", True) for w in workers)
+    serving = any(w.consuming is not False for w in workers)
     ready = checks["database"] == "ok" and checks["redis"] == "ok" and serving
     status: Literal["ready", "degraded", "unavailable"] = (
         "ready" if ready else "degraded" if checks["database"] == "ok" else "unavailable"
     )
-    model = workers[0].get("model") if workers else None
-    test_model = any(w.get("test_model") for w in workers) if workers else None
+    model = workers[0].model if workers else None
+    test_model = any(w.test_model for w in workers) if workers else None
     body = ReadyOut(
         ready=ready,
         status=status,
         checks=checks,
-        workers=workers,
+        workers=[w.to_dict() for w in workers],
         model=model,
         test_model=test_model,
     )

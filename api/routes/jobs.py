@@ -8,7 +8,8 @@ from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import job_out
 from api.schemas.core import JobOut
 from api.services.turn_intake import dispatch
-from shared.services.jobs import announce_cancel, cancel_job, get_job
+from shared.jobs.lifecycle import cancel_job
+from shared.services.jobs import announce_cancel, get_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

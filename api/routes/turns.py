@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from api.body_limits import BodyLimit, json_turn_limit, upload_limit
 from api.deps import OwnerDep, ReadSessionDep, StateDep
 from api.presenters import turn_out
 from api.schemas.core import CodesOut, TurnCreate, TurnOut
@@ -15,14 +16,13 @@ from api.services.turn_intake import parse_generated, store_generated, store_pro
 from api.services.uploads import audio_form, speaker_field
 from shared.audio.formats import EXTENSIONS, MEDIA_TYPES, AudioFormat, transcode
 from shared.db.models import Turn
-from shared.errors import Conflict, InvalidInput, PayloadTooLarge
+from shared.errors import Conflict, InvalidInput
 from shared.mimi_codes import codes_from_bytes
 from shared.services.conversations import get_conversation
 from shared.services.turns import get_media, get_turn, list_turns
 
 router = APIRouter(prefix="/v1/conversations/{conversation_id}/turns", tags=["turns"])
 
-MAX_JSON_BYTES = 64 * 1024
 
 _POST_DOC = {
     "requestBody": {
@@ -61,7 +61,7 @@ async def post_turn(
         turn = await _provided(request, state, owner, conversation_id)
         status = 201
     elif content_type.startswith("application/json") or not content_type:
-        raw = await _read_limited(request, MAX_JSON_BYTES)
+        raw = await _read_limited(request, json_turn_limit())
         body = parse_generated(state, raw)
         turn = await run_in_threadpool(
             store_generated, state, owner=owner, conversation_id=conversation_id, body=body
@@ -76,18 +76,18 @@ async def post_turn(
     return JSONResponse(turn_out(turn).model_dump(mode="json"), status_code=status)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: BodyLimit) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    if declared is not None and limit.declared_over(declared):
+        raise limit.refuse(limit.declared_message(declared))
     body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {limit}")
+    if limit.over(len(body)):
+        raise limit.refuse(limit.declared_message(str(len(body))))
     return body
 
 
 async def _provided(request: Request, state: StateDep, owner: str, conversation_id: str) -> Turn:
-    limit = state.settings.max_upload_bytes
+    limit = upload_limit(state.settings)
     missing = "multipart turn needs a file field 'audio'"
     async with audio_form(request, limit=limit, missing=missing) as (form, data):
         speaker_raw, text = form.get("speaker"), form.get("text")

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from api.body_limits import upload_limit
 from api.deps import OwnerDep, ReadSessionDep, SessionDep, StateDep
 from api.presenters import voice_out
 from api.schemas.core import CodesOut, VoiceOut
@@ -72,7 +73,7 @@ async def post_voice(request: Request, state: StateDep, owner: OwnerDep) -> JSON
             "name, text and a file audio",
             code="unsupported_media_type",
         )
-    limit = state.settings.max_upload_bytes
+    limit = upload_limit(state.settings)
     missing = "a voice needs a file field 'audio'"
     async with audio_form(request, limit=limit, missing=missing) as (form, data):
         name, text, speaker_raw = form.get("name"), form.get("text"), form.get("speaker", "0")

@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-MAX_SEED = 2**32 - 1
+from shared.contract import params as turn_params
+
+MAX_SEED = turn_params.MAX_SEED
+DEFAULTS = turn_params.TurnParams()  # a turn's sampling defaults, defined by the contract
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -65,10 +68,12 @@ class ConversationOut(BaseModel):
 class TurnParams(Strict):
     """Sampling for one turn; the same params drive the backbone and the depth decoder."""
 
-    temperature: float = Field(default=0.9, ge=0.0, le=2.0, description="0 means greedy")
-    top_k: int = Field(default=50, ge=1, le=2048)
-    max_audio_length_ms: int | None = Field(default=None, ge=80)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    temperature: float = Field(
+        default=DEFAULTS.temperature, ge=0.0, le=2.0, description="0 means greedy"
+    )
+    top_k: int = Field(default=DEFAULTS.top_k, ge=1, le=2048)
+    max_audio_length_ms: int | None = Field(default=DEFAULTS.max_audio_length_ms, ge=80)
+    seed: int | None = Field(default=DEFAULTS.seed, ge=0, le=MAX_SEED)
 
 
 class TurnCreate(Strict):

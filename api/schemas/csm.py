@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas.core import MAX_SEED, Strict
+from api.schemas.core import DEFAULTS, MAX_SEED, Strict
 from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE
 
 FRAME_RATE = SAMPLE_RATE / FRAME_SAMPLES  # 12.5 Mimi frames per second
@@ -28,13 +28,15 @@ class CsmGenerate(Strict):
     context: list[CsmSegment] = Field(
         default_factory=list, description="earlier turns, oldest first; all are the prompt"
     )
-    max_audio_length_ms: int | None = Field(default=None, ge=80)
+    max_audio_length_ms: int | None = Field(default=DEFAULTS.max_audio_length_ms, ge=80)
     output: Literal["codes", "pcm"] = Field(
         default="codes", description="codes: Mimi codes; pcm: base64 float32 samples"
     )
-    temperature: float = Field(default=0.9, ge=0.0, le=2.0, description="0 means greedy")
-    top_k: int = Field(default=50, ge=1, le=2048)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    temperature: float = Field(
+        default=DEFAULTS.temperature, ge=0.0, le=2.0, description="0 means greedy"
+    )
+    top_k: int = Field(default=DEFAULTS.top_k, ge=1, le=2048)
+    seed: int | None = Field(default=DEFAULTS.seed, ge=0, le=MAX_SEED)
 
 
 class MimiCodesOut(BaseModel):

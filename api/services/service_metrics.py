@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.resources import ApiState
 from shared.db.models import Job, JobStatus
 from shared.jobs.queue import broker_queue_key
-from shared.redis_io.heartbeats import live_workers
+from shared.redis_io.heartbeats import live_beats
 from shared.redis_io.metrics import read_totals
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class ServiceCollector(Collector):
 
     def _redis_families(self) -> list[Metric]:
         state = self.state
-        workers = live_workers(state.redis, state.keys)
+        workers = live_beats(state.redis, state.keys)
         broker = state.redis.llen(broker_queue_key(state.settings))
         totals = read_totals(state.redis, state.keys)
         families: list[Metric] = [
@@ -109,9 +109,8 @@ class ServiceCollector(Collector):
             labels=["worker"],
         )
         for worker in workers:
-            name = str(worker.get("name"))
-            rows.add_metric([name], float(worker.get("batch_rows", 0)))
-            slots.add_metric([name], float(worker.get("max_batch", 0)))
+            rows.add_metric([worker.label], float(worker.batch_rows or 0))
+            slots.add_metric([worker.label], float(worker.max_batch or 0))
         families += [rows, slots]
         for total in totals:
             families.append(

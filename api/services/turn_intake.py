@@ -16,7 +16,8 @@ from shared.audio import containers as audio
 from shared.db.models import Turn
 from shared.errors import InvalidInput
 from shared.jobs.dispatch import claim_next
-from shared.jobs.queue import enqueue_job, send_or_release
+from shared.jobs.queue import send_job
+from shared.resources import Resources
 from shared.services.conversations import create_conversation, get_conversation
 from shared.services.quotas import check_conversation_quota, check_job_quota
 from shared.services.turns import create_generated_turn, create_provided_turn
@@ -24,7 +25,7 @@ from shared.services.turns import create_generated_turn, create_provided_turn
 log = logging.getLogger(__name__)
 
 
-def check_text_and_speaker(state: ApiState, *, speaker: int, text: str) -> str:
+def check_text_and_speaker(state: Resources, *, speaker: int, text: str) -> str:
     settings = state.settings
     if not text.strip():
         raise InvalidInput("text is empty", code="empty_text")
@@ -159,7 +160,7 @@ class ProvidedAudio:
     n_samples: int
 
 
-def check_provided(state: ApiState, *, speaker: int, text: str, data: bytes) -> ProvidedAudio:
+def check_provided(state: Resources, *, speaker: int, text: str, data: bytes) -> ProvidedAudio:
     """Check a provided turn's text and speaker and decode its audio (InvalidInput naming what
     is wrong); nothing is stored."""
     text = check_text_and_speaker(state, speaker=speaker, text=text)
@@ -242,9 +243,6 @@ def _commit_and_dispatch(state: ApiState, session: Session, turn: Turn) -> Turn:
 def dispatch(state: ApiState, *, conversation_id: str, job_id: str) -> None:
     """Enqueue a claimed job. If the broker is away the turn is still accepted: SQL holds it,
     the claim is released, and the workers' recovery pass sends it once the broker is back."""
-    send_or_release(
-        state.sessions,
-        lambda j, c: enqueue_job(state.celery, state.settings, j, c),
-        job_id=job_id,
-        conversation_id=conversation_id,
+    send_job(
+        state.sessions, state.celery, state.settings, job_id=job_id, conversation_id=conversation_id
     )

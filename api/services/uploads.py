@@ -1,5 +1,6 @@
 """Multipart audio uploads, read the same way for provided turns and voices: the size checks
-(declared, then read), the file part ``audio``, and the ``speaker`` field."""
+(declared, then read; the limit and its rule: ``api.body_limits``), the file part ``audio``, and
+the ``speaker`` field."""
 
 from __future__ import annotations
 
@@ -10,34 +11,31 @@ from contextlib import asynccontextmanager
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
-from shared.errors import InvalidInput, PayloadTooLarge
-from shared.settings import MULTIPART_OVERHEAD_BYTES
+from api.body_limits import BodyLimit
+from shared.errors import InvalidInput
 
 SPEAKER_FIELD = re.compile(r"-?[0-9]{1,9}")
 
 
 @asynccontextmanager
 async def audio_form(
-    request: Request, *, limit: int, missing: str
+    request: Request, *, limit: BodyLimit, missing: str
 ) -> AsyncIterator[tuple[FormData, bytes]]:
     """The form and the bytes of its ``audio`` file part, at most ``limit`` of them
-    (``max_upload_bytes``); ``missing`` says what needs the part when it is not there."""
+    (``api.body_limits.upload_limit``); ``missing`` says what needs the part when it is not
+    there."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD_BYTES:
-        raise PayloadTooLarge(
-            f"upload is {declared} bytes; the limit is {limit} (max_upload_bytes)",
-            code="upload_too_large",
-        )
-    async with request.form(max_files=1, max_fields=8, max_part_size=limit + 1) as form:
+    if declared is not None and limit.declared_over(declared):
+        raise limit.refuse(limit.declared_message(declared))
+    most = limit.max_bytes
+    async with request.form(max_files=1, max_fields=8, max_part_size=most + 1) as form:
         upload = form.get("audio")
         if not isinstance(upload, UploadFile):
             sent_as_text = " (one came as a text field: send it with a filename)" if upload else ""
             raise InvalidInput(f"{missing}{sent_as_text}", code="missing_audio")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(
-                f"upload is larger than {limit} bytes (max_upload_bytes)", code="upload_too_large"
-            )
+        data = await upload.read(most + 1)
+        if limit.over(len(data)):
+            raise limit.refuse(limit.message(f"upload is larger than {most} bytes"))
         yield form, data
 
 

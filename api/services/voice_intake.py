@@ -1,22 +1,23 @@
 """Making a named voice, for ``POST /v1/voices`` and ``parley voices create``: the clip checked
-and decoded, the row stored, its encoding sent to the workers."""
+and decoded, the row stored, its encoding sent to the workers. It needs only the shared
+resources (``shared.resources.Resources``), so the CLI calls it without the API's state."""
 
 from __future__ import annotations
 
 import logging
 
-from api.resources import ApiState
 from api.services.turn_intake import check_provided
 from shared.audio import containers as audio
 from shared.db.models import Voice
 from shared.jobs.queue import enqueue_voice
+from shared.resources import Resources
 from shared.services.voices import check_voice_name, create_voice
 
 log = logging.getLogger(__name__)
 
 
 def store_voice(
-    state: ApiState, *, owner: str, name: str, text: str, speaker: int, data: bytes
+    state: Resources, *, owner: str, name: str, text: str, speaker: int, data: bytes
 ) -> Voice:
     """Check and decode the clip, store the voice (``encoding``), and send it to the workers
     to encode; the owner ``shared.services.voices.SERVER_OWNER`` makes a server voice."""

@@ -22,6 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# Job states are the contract's; re-exported for the models' users.
+from shared.contract.states import JobStatus as JobStatus
+
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -38,23 +41,6 @@ def is_id(value: str) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class JobStatus(StrEnum):
-    """A job's life: queued → running → succeeded | failed | cancelled.
-
-    A turn carries the status of its job.
-    """
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class JobKind(StrEnum):

@@ -1,4 +1,7 @@
-"""The Celery app as both sides see it, and enqueueing by task name."""
+"""The Celery app as both sides see it, and the one way to send it work: by task name, with
+the arguments the contract (``shared.contract.tasks``) builds, so the API never imports the
+worker. :func:`send_job` is how every side (the API, a worker handing off, recovery) sends a
+job; a broker that is away leaves the job queued in SQL for recovery."""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ from celery import Celery
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.contract.tasks import ENCODE_VOICE_TASK, RUN_JOB_TASK, EncodeVoiceArgs, RunJobArgs
 from shared.jobs.dispatch import release_claim
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RUN_JOB_TASK = "parley.run_job"
-ENCODE_VOICE_TASK = "parley.encode_voice"
+JobSender = Callable[[str, str], None]
+"""``send(job_id, conversation_id)``: puts a job in the broker, or raises."""
 
 
 def broker_keyprefix(settings: Settings) -> str:
@@ -43,7 +47,7 @@ def queued_job_ids(redis: Redis, queue_key: str) -> set[str]:
             body = message["body"]
             if message.get("properties", {}).get("body_encoding") == "base64":
                 body = base64.b64decode(body)
-            found.add(str(json.loads(body)[0][0]))
+            found.add(RunJobArgs.from_args(*json.loads(body)[0][:2]).job_id)
         except (ValueError, KeyError, IndexError, TypeError):
             log.warning("a message in %s is not a Parley job message; skipped", queue_key)
     return found
@@ -93,17 +97,45 @@ def create_celery(settings: Settings) -> Celery:
 def enqueue_job(celery: Celery, settings: Settings, job_id: str, conversation_id: str) -> None:
     """Send a job to the workers by task name (the API never imports the worker). The
     conversation id rides along so the worker can take the conversation's lock at once."""
-    celery.send_task(RUN_JOB_TASK, args=[job_id, conversation_id], queue=settings.queue_name)
+    args = RunJobArgs(job_id=job_id, conversation_id=conversation_id)
+    celery.send_task(RUN_JOB_TASK, args=args.to_args(), queue=settings.queue_name)
 
 
 def enqueue_voice(celery: Celery, settings: Settings, voice_id: str) -> None:
     """Send a voice to the workers to be encoded (by task name, like a job)."""
-    celery.send_task(ENCODE_VOICE_TASK, args=[voice_id], queue=settings.queue_name)
+    args = EncodeVoiceArgs(voice_id=voice_id)
+    celery.send_task(ENCODE_VOICE_TASK, args=args.to_args(), queue=settings.queue_name)
+
+
+def job_sender(celery: Celery, settings: Settings) -> JobSender:
+    """The job sender of this Celery app: :func:`enqueue_job` bound to it."""
+
+    def send(job_id: str, conversation_id: str) -> None:
+        enqueue_job(celery, settings, job_id, conversation_id)
+
+    return send
+
+
+def send_job(
+    sessions: sessionmaker[Session],
+    celery: Celery,
+    settings: Settings,
+    *,
+    job_id: str | None,
+    conversation_id: str,
+) -> bool:
+    """Send a claimed job (nothing when ``job_id`` is None); True when it went. A broker that
+    is away releases the claim instead (see :func:`send_or_release`)."""
+    if job_id is None:
+        return False
+    return send_or_release(
+        sessions, job_sender(celery, settings), job_id=job_id, conversation_id=conversation_id
+    )
 
 
 def send_or_release(
     sessions: sessionmaker[Session],
-    send: Callable[[str, str], None],
+    send: JobSender,
     *,
     job_id: str,
     conversation_id: str,

@@ -36,8 +36,6 @@ never after the broker's hour-long visibility timeout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from redis import Redis
 from sqlalchemy import select
@@ -51,8 +49,9 @@ from shared.jobs.dispatch import (
     lock_conversation,
     stalled_conversations,
 )
-from shared.jobs.queue import queued_job_ids, send_or_release
-from shared.redis_io.heartbeats import live_workers
+from shared.jobs.lifecycle import Orphan, requeue_orphan
+from shared.jobs.queue import JobSender, queued_job_ids, send_or_release
+from shared.redis_io.heartbeats import live_beats
 from shared.redis_io.keys import RedisKeys
 from shared.services.jobs import forget_job_audio
 
@@ -67,33 +66,6 @@ return 1
 """
 
 
-@dataclass(frozen=True)
-class Orphan:
-    job_id: str
-    conversation_id: str
-    worker: str | None
-
-
-def requeue_orphan(session: Session, orphan: Orphan) -> tuple[bool, str | None]:
-    """Put a running job of a vanished worker back in the queue. Returns (requeued, the job
-    to enqueue now, if any). Nothing changes when the job moved on meanwhile."""
-    try:
-        lock_conversation(session, orphan.conversation_id)
-    except NotFound:
-        return False, None
-    job = session.get(Job, orphan.job_id, populate_existing=True)
-    if job is None or job.status != JobStatus.RUNNING or job.worker != orphan.worker:
-        session.commit()
-        return False, None
-    job.status = job.turn.status = JobStatus.QUEUED
-    job.dispatched = False
-    job.worker = None
-    job.started_at = None
-    next_job_id = claim_next(session, orphan.conversation_id)
-    session.commit()
-    return True, next_job_id
-
-
 class OrphanReconciler:
     """Finds and requeues orphaned jobs, re-sends what a lost broker dropped, and sends what a
     failed enqueue left waiting; one per worker process, run after each heartbeat."""
@@ -106,10 +78,11 @@ class OrphanReconciler:
         redis: Redis,
         keys: RedisKeys,
         me: str,
-        enqueue: Callable[[str, str], None],
+        enqueue: JobSender,
         broker_queue: str,
     ) -> None:
-        """``me`` is this worker's name; ``enqueue(job_id, conversation_id)`` sends a job.
+        """``me`` is this worker's name; ``enqueue(job_id, conversation_id)`` sends a job
+        (``shared.jobs.queue.job_sender``; tests pass one that records).
         ``reads`` (default ``sessions``) serves the pass's look-ups; on SQLite a read-only
         factory keeps them from waiting for the write lock."""
         self._sessions = sessions
@@ -177,11 +150,11 @@ class OrphanReconciler:
         first look is held (or running) by the second; a needless copy would be harmless."""
         with self._reads() as session:
             dispatched = dispatched_jobs(session)
-        workers = live_workers(self._redis, self._keys)
-        if self._me not in {str(w.get("name")) for w in workers} or not dispatched:
+        workers = live_beats(self._redis, self._keys)
+        if self._me not in {w.label for w in workers} or not dispatched:
             self._unseen.clear()  # Redis emptied or flaky (judge nobody), or nothing to judge
             return []
-        held = {str(j) for w in workers for j in w.get("jobs", ())}
+        held = {j for w in workers for j in w.held}
         candidates = {(j, c) for j, c in dispatched if j not in held}
         if candidates:
             queued = queued_job_ids(self._redis, self._broker_queue)
@@ -214,10 +187,10 @@ class OrphanReconciler:
                     Job.status == JobStatus.RUNNING
                 )
             ).all()
-        workers = live_workers(self._redis, self._keys)
-        live = {str(w.get("name")) for w in workers}
+        workers = live_beats(self._redis, self._keys)
+        live = {w.label for w in workers}
         # Who holds what, for heartbeats that list their jobs.
-        held = {str(w.get("name")): {str(j) for j in w["jobs"]} for w in workers if "jobs" in w}
+        held = {w.label: w.held for w in workers if w.jobs is not None}
         if self._me not in live:
             # Our own heartbeat is missing too: Redis was emptied or is flaky. Judge nobody.
             self._suspects.clear()

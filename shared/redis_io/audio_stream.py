@@ -24,21 +24,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
+from shared.contract.stream import EntryKind, StreamEntry
+from shared.contract.stream import Outcome as Outcome
+
 log = logging.getLogger(__name__)
 
-Outcome = Literal["succeeded", "failed", "cancelled"]
-
-PCM_FIELD = b"pcm"
-AT_FIELD = b"at"
-END_FIELD = b"end"
-BYTES_FIELD = b"bytes"
+# The entries' fields (named by the contract, ``shared.contract.stream``).
+PCM_FIELD = StreamEntry.PCM
+AT_FIELD = StreamEntry.AT
+END_FIELD = StreamEntry.END
+BYTES_FIELD = StreamEntry.BYTES
 LIVE_TTL_S = 3600  # refreshed by every chunk, so a stream outlives any turn being generated
 ENDED_TTL_S = 300  # long enough for listeners to drain; later ones get the stored audio
 MAXLEN_MARGIN = 16  # room for end entries (a cancel may write one beside the worker's)
@@ -122,7 +124,7 @@ class AudioStreamReader:
         chunks: list[bytes] = []
         for entry_id, fields in _entries(reply):
             self._last_id = entry_id
-            if END_FIELD in fields:
+            if EntryKind.of(fields) is EntryKind.END:
                 self.end = bytes(fields[END_FIELD]).decode()
                 if BYTES_FIELD in fields:
                     self.total_bytes = int(fields[BYTES_FIELD])

@@ -1,4 +1,5 @@
-"""Job services the API needs: look up and cancel. They flush; callers commit."""
+"""Job services the API needs: look up a job, and tell Redis about a cancel (the cancel
+itself is ``shared.jobs.lifecycle.cancel_job``). Lookups never commit."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from shared.db.models import Conversation, Job, JobStatus, is_id, utcnow
-from shared.errors import Conflict, NotFound
-from shared.jobs.dispatch import claim_next, lock_conversation
+from shared.db.models import Conversation, Job, is_id
+from shared.errors import NotFound
 from shared.redis_io.audio_stream import end_stream
 from shared.redis_io.keys import RedisKeys
 
@@ -28,25 +28,6 @@ def get_job(session: Session, *, owner: str, job_id: str) -> Job:
     if conversation is None or conversation.owner != owner:
         raise NotFound(f"job {job_id} not found")
     return job
-
-
-def cancel_job(session: Session, *, conversation_id: str, job_id: str) -> tuple[Job, str | None]:
-    """Cancel a queued or running job. Returns the job and the next job to enqueue, if any.
-
-    A running job's worker sees the cancel flag within a frame and discards its work; the
-    conversation's next turn may start at once, since a cancelled turn is never context.
-    """
-    lock_conversation(session, conversation_id)
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    if JobStatus(job.status).finished:
-        raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
-    job.status = JobStatus.CANCELLED
-    job.finished_at = utcnow()
-    job.turn.status = JobStatus.CANCELLED
-    session.flush()
-    return job, claim_next(session, conversation_id)
 
 
 def announce_cancel(redis: Redis, keys: RedisKeys, job_id: str) -> None:

@@ -32,7 +32,7 @@ MakeStack = Callable[..., Stack]
 
 def snapshot(stack: Stack) -> dict[str, int]:
     """What a refused request must leave as it was: rows in SQL and the broker's queue."""
-    with stack.app.state.parley.engine.connect() as conn:
+    with stack.app.state.parley.db.connect() as conn:
         counts = {
             model.__tablename__: conn.scalar(select(func.count()).select_from(model)) or 0
             for model in (Conversation, Turn, Job)
@@ -204,7 +204,7 @@ def test_rate_limiter_lets_requests_through_without_redis(
 
 
 def snapshot_sql(stack: Stack) -> int:
-    with stack.app.state.parley.engine.connect() as conn:
+    with stack.app.state.parley.db.connect() as conn:
         return conn.scalar(select(func.count()).select_from(Conversation)) or 0
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.contract.params import TurnParams
 from shared.errors import EngineError
 
 OnFrame = Callable[[np.ndarray, np.ndarray], bool]
@@ -47,10 +48,20 @@ class SamplingParams:
         seed: Seed the torch RNG right before generating, for reproducible sampling.
     """
 
-    temperature: float = 0.9
-    top_k: int = 50
+    temperature: float = TurnParams.temperature
+    top_k: int = TurnParams.top_k
     max_frames: int = 125
-    seed: int | None = None
+    seed: int | None = TurnParams.seed
+
+    @classmethod
+    def from_turn(cls, params: TurnParams, *, max_frames: int) -> SamplingParams:
+        """How to sample a turn with these params, for at most ``max_frames`` frames."""
+        return cls(
+            temperature=params.temperature,
+            top_k=params.top_k,
+            max_frames=max_frames,
+            seed=params.seed,
+        )
 
     @property
     def greedy(self) -> bool:

@@ -1,33 +1,78 @@
-"""A job's SQL transitions on the worker side: start, succeed, fail. Each is one transaction
-that begins with the conversation's lock and ends by claiming the conversation's next job."""
+"""Every change of a job's status, in one place, each checked against the contract's table
+(``shared.contract.states.TRANSITIONS``): a change the table forbids raises
+:class:`~shared.contract.states.IllegalTransition` and nothing is written.
+
+- the API cancels a job (:func:`cancel_job`): queued | running → cancelled;
+- a worker starts it (:func:`start_job`): queued → running;
+- its worker stores it (:func:`succeed_job`) or fails it (:func:`fail_job`): running →
+  succeeded | failed; or, after a cancel, only hands the conversation on (:func:`release_job`);
+- recovery puts back a vanished worker's job (:func:`requeue_orphan`): running → queued.
+
+Each is one transaction that begins with the conversation's lock (``shared.jobs.dispatch``) and
+re-reads the job under it, so a change is made only from the state it expects: a job started
+twice, or stored by an attempt that was taken over, changes nothing. The worker-side changes
+commit and end by claiming the conversation's next job; :func:`cancel_job` flushes and leaves
+the commit to its caller. A turn carries its job's status.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.contract.params import TurnParams
+from shared.contract.states import JobStatus, check_transition
 from shared.db.models import (
     Conversation,
     Job,
     JobKind,
-    JobStatus,
     Turn,
     TurnMedia,
     TurnSource,
     TurnVoice,
     utcnow,
 )
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.jobs.dispatch import claim_next, lock_conversation
 from shared.mimi_codes import codes_to_bytes
 
 log = logging.getLogger(__name__)
+
+
+def move(job: Job, turn: Turn, target: JobStatus) -> None:
+    """Set the job's status and its turn's, if the table allows the change (else raise)."""
+    check_transition(job.id, job.status, target)
+    job.status = turn.status = target
+
+
+# --- the API: cancel -------------------------------------------------------------------------
+
+
+def cancel_job(session: Session, *, conversation_id: str, job_id: str) -> tuple[Job, str | None]:
+    """Cancel a queued or running job. Returns the job and the next job to enqueue, if any.
+    Flushes; the caller commits.
+
+    A running job's worker sees the cancel flag within a frame and discards its work; the
+    conversation's next turn may start at once, since a cancelled turn is never context.
+    """
+    lock_conversation(session, conversation_id)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if JobStatus(job.status).finished:
+        raise Conflict(f"job {job_id} is already {job.status}", code="job_finished")
+    move(job, job.turn, JobStatus.CANCELLED)
+    job.finished_at = utcnow()
+    session.flush()
+    return job, claim_next(session, conversation_id)
+
+
+# --- a worker: start, then succeed, fail or release --------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -41,7 +86,7 @@ class JobPlan:
     index: int
     speaker: int
     text: str
-    params: dict[str, Any]
+    params: TurnParams  # as stored, read once: missing keys take the contract's defaults
     max_context_turns: int
     worker: str  # who runs it, and which attempt: a job taken over by recovery is not ours
     attempt: int
@@ -96,7 +141,7 @@ def start_job(
         session.commit()
         return Start(None, next_job_id, conversation_id)
     job, turn, conversation = row
-    job.status = turn.status = JobStatus.RUNNING
+    move(job, turn, JobStatus.RUNNING)
     job.started_at = utcnow()
     job.attempts += 1
     job.worker, job.model, job.test_model = worker, model, test_model
@@ -113,7 +158,7 @@ def start_job(
         index=turn.index,
         speaker=turn.speaker,
         text=turn.text,
-        params=dict(turn.params or {}),
+        params=TurnParams.from_json(turn.params),
         max_context_turns=conversation.max_context_turns,
         worker=worker,
         attempt=job.attempts,
@@ -186,7 +231,7 @@ def succeed_job(
     turn.frames = job.frames = frames
     if turn.source == TurnSource.GENERATED:
         turn.duration_ms = frames * frame_ms
-    job.status = turn.status = JobStatus.SUCCEEDED
+    move(job, turn, JobStatus.SUCCEEDED)
     job.finished_at = utcnow()
     next_job_id = claim_next(session, plan.conversation_id)
     session.commit()
@@ -197,7 +242,7 @@ def fail_job(session: Session, plan: JobPlan, *, code: str, message: str) -> str
     """Mark the job failed with its reason; the conversation goes on. Returns the next job."""
     job = _lock_running(session, plan)
     if job is not None:
-        job.status = job.turn.status = JobStatus.FAILED
+        move(job, job.turn, JobStatus.FAILED)
         job.error_code, job.error_message = code, message[:2000]
         job.finished_at = utcnow()
     next_job_id = _claim_if_present(session, plan.conversation_id)
@@ -206,7 +251,8 @@ def fail_job(session: Session, plan: JobPlan, *, code: str, message: str) -> str
 
 
 def release_job(session: Session, plan: JobPlan) -> str | None:
-    """Hand the conversation on after a job the API cancelled (its row is already final)."""
+    """Hand the conversation on after a job the API cancelled (its row is already final, so
+    no status changes here)."""
     _lock_running(session, plan)
     next_job_id = _claim_if_present(session, plan.conversation_id)
     session.commit()
@@ -217,3 +263,33 @@ def _claim_if_present(session: Session, conversation_id: str) -> str | None:
     if session.get(Conversation, conversation_id) is None:
         return None
     return claim_next(session, conversation_id)
+
+
+# --- recovery: put back a vanished worker's job ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Orphan:
+    job_id: str
+    conversation_id: str
+    worker: str | None
+
+
+def requeue_orphan(session: Session, orphan: Orphan) -> tuple[bool, str | None]:
+    """Put a running job of a vanished worker back in the queue. Returns (requeued, the job
+    to enqueue now, if any). Nothing changes when the job moved on meanwhile."""
+    try:
+        lock_conversation(session, orphan.conversation_id)
+    except NotFound:
+        return False, None
+    job = session.get(Job, orphan.job_id, populate_existing=True)
+    if job is None or job.status != JobStatus.RUNNING or job.worker != orphan.worker:
+        session.commit()
+        return False, None
+    move(job, job.turn, JobStatus.QUEUED)
+    job.dispatched = False
+    job.worker = None
+    job.started_at = None
+    next_job_id = claim_next(session, orphan.conversation_id)
+    session.commit()
+    return True, next_job_id
