@@ -17,10 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.body_limits import request_limit
 from api.deps import check_rate_limit
-from api.middleware.body_limit import RequestSizeLimit
 from api.middleware.http_metrics import HttpMetrics, HttpMetricsMiddleware
 from api.middleware.rate_limit import RateLimitHeaders
 from api.middleware.request_id import RequestIdMiddleware
+from api.middleware.request_size import RequestSizeLimit
 from api.presenters import error_response
 from api.resources import ApiState
 from api.routes import (

@@ -3,7 +3,7 @@
 The limits, from the settings (or fixed here):
 
 - any request: ``max_request_bytes`` (``request_too_large``), enforced by the middleware
-  (``api.middleware.body_limit``) before any route reads the body;
+  (``api.middleware.request_size``) before any route reads the body;
 - a generated turn's JSON: :data:`MAX_JSON_BYTES` (``payload_too_large``);
 - an audio upload: ``max_upload_bytes`` of audio (``upload_too_large``); its request may declare
   :data:`~shared.settings.MULTIPART_OVERHEAD_BYTES` more for the multipart framing.

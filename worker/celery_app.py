@@ -9,7 +9,7 @@ from shared.contract.tasks import ENCODE_VOICE_TASK, RUN_JOB_TASK, EncodeVoiceAr
 from shared.jobs.queue import create_celery
 from worker.runtime import WorkerRuntime
 from worker.turn_runner import run_job
-from worker.voices import encode_voice
+from worker.voice_encoding import encode_voice
 
 
 def create_worker_app(rt: WorkerRuntime) -> Celery:

@@ -3,8 +3,8 @@
 Task threads record each stored turn (:meth:`WorkerMetrics.record_turn`); the frame loop counts
 its steps by batch size itself (``Batcher.steps_by_rows``, plain integers, no I/O in the loop).
 The heartbeat thread calls :meth:`WorkerMetrics.flush` once a beat: it adds what is new to the
-shared totals (``shared.redis_io.metrics``). When Redis fails the observations are kept for the
-next beat.
+shared totals (``shared.redis_io.metric_totals``). When Redis fails the observations are kept
+for the next beat.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.redis_io import metrics
+from shared.redis_io import metric_totals as metrics
 from shared.redis_io.keys import RedisKeys
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The worker's recovery thread, ``parley-recovery``: once a heartbeat period it runs the
 recovery pass (``shared.jobs.recovery``) and re-sends voices whose encoding task was lost
-(``worker.voices``). These may wait on the database, so they never share the heartbeat's
+(``worker.voice_encoding``). These may wait on the database, so they never share the heartbeat's
 thread: a slow database can delay recovery, never a beat."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from shared.jobs.queue import broker_queue_key, job_sender
 from shared.jobs.recovery import OrphanReconciler
 from worker.runtime import WorkerRuntime
-from worker.voices import resend_stale_voices
+from worker.voice_encoding import resend_stale_voices
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from worker.metrics import TurnTiming
 from worker.runtime import WorkerRuntime
 from worker.silence import SilenceGuard
 from worker.turn_audio import TurnAudio
-from worker.voices import voice_reference
+from worker.voice_encoding import voice_reference
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from api.resources import ApiState
 from shared.db.models import Job, JobStatus
 from shared.jobs.queue import broker_queue_key
 from shared.redis_io.heartbeats import live_beats
-from shared.redis_io.metrics import read_totals
+from shared.redis_io.metric_totals import read_totals
 
 log = logging.getLogger(__name__)
 

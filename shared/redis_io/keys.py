@@ -36,7 +36,7 @@ class RedisKeys:
         return f"{self.prefix}:worker:*"
 
     def metrics(self, histogram: str) -> str:
-        """A histogram's totals over all workers (see ``shared.redis_io.metrics``)."""
+        """A histogram's totals over all workers (see ``shared.redis_io.metric_totals``)."""
         return f"{self.prefix}:metrics:{histogram}"
 
     def epoch(self) -> str:

@@ -18,15 +18,15 @@ from redis import Redis
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, TurnMedia
 from shared.jobs.dispatch import claim_next
+from shared.jobs.lifecycle import JobPlan, Orphan, requeue_orphan, start_job, succeed_job
 from shared.jobs.queue import broker_queue_key
-from shared.jobs.recovery import Orphan, OrphanReconciler, requeue_orphan
+from shared.jobs.recovery import OrphanReconciler
 from shared.redis_io.heartbeats import beat
 from shared.redis_io.keys import RedisKeys
 from shared.services.conversations import create_conversation
 from shared.services.turns import create_generated_turn
 from shared.settings import Settings
 from tests.stack import database
-from worker.job_state import JobPlan, start_job, succeed_job
 
 
 def test_only_the_current_attempt_can_store_the_turn(tmp_path: Path) -> None:

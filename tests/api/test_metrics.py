@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
-from shared.redis_io import metrics
+from shared.redis_io import metric_totals as metrics
 from shared.redis_io.keys import RedisKeys
 from tests.stack import REDIS_URL, Stack
 from worker.metrics import WorkerMetrics

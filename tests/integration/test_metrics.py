@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.redis_io import metrics
+from shared.redis_io import metric_totals as metrics
 from tests.conftest import DB_KINDS
 from tests.stack import RUNNING_MS, Stack
 
