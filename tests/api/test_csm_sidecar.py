@@ -6,24 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-
-from shared.db.engine import make_engine
-from shared.db.models import Conversation, Job, Turn
-from tests.stack import Stack
+from tests.row_counts import counts
 
 TEXT, SPEAKER = "I am well, thank you for asking.", 0
-
-
-def counts(stack: Stack) -> tuple[int, int, int]:
-    engine = make_engine(stack.settings)
-    try:
-        with engine.connect() as conn:
-            return tuple(  # type: ignore[return-value]
-                conn.scalar(select(func.count()).select_from(t)) for t in (Conversation, Turn, Job)
-            )
-    finally:
-        engine.dispose()
 
 
 def test_no_worker_in_time_is_504_and_cleans_up(make_stack: Any) -> None:

@@ -18,7 +18,7 @@ from redis import Redis
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, TurnMedia
 from shared.jobs.dispatch import claim_next
-from shared.jobs.lifecycle import JobPlan, Orphan, requeue_orphan, start_job, succeed_job
+from shared.jobs.lifecycle import Orphan, requeue_orphan, start_job, succeed_job
 from shared.jobs.queue import broker_queue_key
 from shared.jobs.recovery import OrphanReconciler
 from shared.redis_io.heartbeats import beat
@@ -26,6 +26,7 @@ from shared.redis_io.keys import RedisKeys
 from shared.services.conversations import create_conversation
 from shared.services.turns import create_generated_turn
 from shared.settings import Settings
+from tests.claimed_jobs import claimed_job, start_attempt
 from tests.stack import database
 
 
@@ -35,31 +36,13 @@ def test_only_the_current_attempt_can_store_the_turn(tmp_path: Path) -> None:
     with database("sqlite", tmp_path) as url:
         db = make_engine(Settings(database_url=url))
         sessions = make_session_factory(db)
-        with sessions() as s:
-            cid = create_conversation(s, owner="o", max_context_turns=5, metadata={}).id
-            s.commit()
-            job_id = create_generated_turn(
-                s, owner="o", conversation_id=cid, speaker=0, text="t", params={}
-            ).job.id
-            s.commit()
-        with sessions() as s:
-            assert claim_next(s, cid) == job_id
-            s.commit()
-
-        def start(worker: str) -> JobPlan:
-            with sessions() as s:
-                plan = start_job(
-                    s, job_id=job_id, conversation_id=cid, worker=worker, model="m", test_model=True
-                ).plan
-            assert plan is not None
-            return plan
-
-        first = start("w1")
+        cid, job_id = claimed_job(sessions, text="t")
+        first = start_attempt(sessions, cid, job_id, "w1")
         with sessions() as s:  # a stale view (w2 is not w1) changes nothing
             assert requeue_orphan(s, Orphan(job_id, cid, "w2")) == (False, None)
         with sessions() as s:
             assert requeue_orphan(s, Orphan(job_id, cid, "w1")) == (True, job_id)
-        second = start("w2")
+        second = start_attempt(sessions, cid, job_id, "w2")
         assert (first.attempt, second.attempt) == (1, 2)
         codes = np.zeros((3, 4), dtype=np.int64)
         with sessions() as s:

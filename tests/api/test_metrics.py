@@ -9,30 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from shared.redis_io import metric_totals as metrics
 from shared.redis_io.keys import RedisKeys
+from tests.metrics_scrape import scrape, value
 from tests.stack import REDIS_URL, Stack
 from worker.metrics import WorkerMetrics
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(stack: Stack) -> Samples:
-    r = stack.client.get("/metrics")
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain; version=")
-    found: Samples = {}
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 def test_metrics_answer_with_redis_away(make_stack: Callable[..., Stack]) -> None:

@@ -14,19 +14,7 @@ from shared.db.models import Conversation, Voice
 from tests.conftest import DB_KINDS
 from tests.sounds import audio_file, chirp, read
 from tests.stack import Stack, database
-
-REFERENCE_TEXT = "This is how Anna sounds when she talks."
-
-
-def post_voice(stack: Stack, name: str, data: bytes, text: str = REFERENCE_TEXT, **kw: Any) -> Any:
-    headers = kw.pop("headers", None)
-    fields = {"name": name, "text": text, **{k: str(v) for k, v in kw.items()}}
-    return stack.client.post(
-        "/v1/voices",
-        data=fields,
-        files={"audio": ("ref.wav", data, "application/octet-stream")},
-        headers=headers,
-    )
+from tests.voices import post_voice
 
 
 @pytest.fixture(params=DB_KINDS)

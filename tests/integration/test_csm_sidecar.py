@@ -11,12 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
 
 from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE
-from shared.db.engine import make_engine
-from shared.db.models import Conversation, Job, Turn
 from tests.expected import expected_codes, served_codes
+from tests.row_counts import counts
 from tests.sounds import audio_file, chirp
 from tests.stack import Stack
 
@@ -36,17 +34,6 @@ TEXT, SPEAKER = "I am well, thank you for asking.", 0
 def generate(stack: Stack, **body: Any) -> Any:
     body = {"text": TEXT, "speaker": SPEAKER, **GREEDY, **body}
     return stack.client.post("/v1/csm/generate", json=body)
-
-
-def counts(stack: Stack) -> tuple[int, int, int]:
-    engine = make_engine(stack.settings)
-    try:
-        with engine.connect() as conn:
-            return tuple(  # type: ignore[return-value]
-                conn.scalar(select(func.count()).select_from(t)) for t in (Conversation, Turn, Job)
-            )
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")

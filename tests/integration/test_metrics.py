@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.redis_io import metric_totals as metrics
 from tests.conftest import DB_KINDS
+from tests.metrics_scrape import Samples, scrape, value
 from tests.stack import RUNNING_MS, Stack
 
 TURN_HISTOGRAMS = [
@@ -22,22 +22,6 @@ TURN_HISTOGRAMS = [
     metrics.REAL_TIME_FACTOR,
 ]
 TURNS_ROUTE = "/v1/conversations/{conversation_id}/turns"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(stack: Stack) -> Samples:
-    r = stack.client.get("/metrics")
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain; version=")
-    found: Samples = {}
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:

@@ -2,14 +2,12 @@
 setting, the shape buckets, and CUDA-graph steps against eager, which run wherever a GPU is at
 hand and skip without. Inductor on CPU (a C++ build, minutes when its cache is cold):
 tests/integration/test_engine_compile.py.
-This module builds its own tiny checkpoint so it also runs with ``--noconftest`` on a GPU
-machine that lacks the service's dependencies.
+This module builds its own tiny checkpoint (tests/step_scenarios.py) so it also runs with
+``--noconftest`` on a GPU machine that lacks the service's dependencies.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,36 +15,12 @@ import pytest
 import torch
 
 from tests.frames import run_frames
+from tests.step_scenarios import step_prompts, step_scenario, tiny_engine_fixture  # noqa: F401
 from worker.engine.frame_loop import FrameLoop
 from worker.engine.step_graphs import batch_buckets, bucket_for, resolve_compile_mode, span_for
-from worker.engine.types import SamplingParams
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def tiny_engine() -> Any:
-    from worker.engine.csm import CsmEngine
-    from worker.engine.tiny import build_tiny_checkpoint
-
-    folder = build_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="parley-steps-")) / "m", seed=0)
-    return CsmEngine.load(str(folder), device="cpu", compile="off")
-
-
-def _prompts(engine: Any) -> list[torch.Tensor]:
-    texts = ["The first turn, a little longer than the rest.", "Second.", "A third one."]
-    return [engine._prompt.embed([], i % 2, text)[0] for i, text in enumerate(texts)]
-
-
-def _scenario(prompts: list[torch.Tensor]) -> dict[int, list[tuple[str, Any, SamplingParams]]]:
-    """A greedy turn alone for 3 frames, then a second joins, a sampled third joins at step 6
-    (the first has left by then: rows of different lengths move between slots)."""
-    return {
-        0: [("a", prompts[0], SamplingParams(0, 0, 5))],
-        3: [("b", prompts[1], SamplingParams(0, 0, 9))],
-        6: [("c", prompts[2], SamplingParams(0.9, 50, 6, seed=7))],
-    }
 
 
 def test_compile_setting_resolves_per_device() -> None:
@@ -89,11 +63,11 @@ def test_an_engine_refuses_graphs_without_cuda(tiny_engine: Any) -> None:
 def test_cuda_graph_steps_equal_eager(tiny_engine: Any, mode: str) -> None:
     model = tiny_engine._model.to(CUDA)
     try:
-        prompts = [p.to(CUDA) for p in _prompts(tiny_engine)]
-        eager = run_frames(FrameLoop(model, max_batch=4), _scenario(prompts))
+        prompts = [p.to(CUDA) for p in step_prompts(tiny_engine)]
+        eager = run_frames(FrameLoop(model, max_batch=4), step_scenario(prompts))
         graphed = FrameLoop(model, max_batch=4, compile=mode)  # type: ignore[arg-type]
         shapes = graphed.warm_up(max_span=512)
-        got = run_frames(graphed, _scenario(prompts))
+        got = run_frames(graphed, step_scenario(prompts))
         assert graphed._steps.captured == shapes
         for key in eager:
             np.testing.assert_array_equal(got[key], eager[key], err_msg=key)

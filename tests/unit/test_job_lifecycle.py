@@ -15,9 +15,7 @@ from shared.contract.states import TRANSITIONS, IllegalTransition, JobStatus, ch
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job
 from shared.errors import Conflict
-from shared.jobs.dispatch import claim_next
 from shared.jobs.lifecycle import (
-    JobPlan,
     Orphan,
     cancel_job,
     fail_job,
@@ -26,9 +24,8 @@ from shared.jobs.lifecycle import (
     start_job,
     succeed_job,
 )
-from shared.services.conversations import create_conversation
-from shared.services.turns import create_generated_turn
 from shared.settings import Settings
+from tests.claimed_jobs import claimed_job, start_attempt
 from tests.stack import database
 
 LEGAL = {
@@ -67,20 +64,6 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
         engine.dispose()
 
 
-def _queued_job(sessions: sessionmaker[Session]) -> tuple[str, str]:
-    """A conversation with one generated turn, its job claimed (dispatched)."""
-    with sessions() as s:
-        cid = create_conversation(s, owner="o", max_context_turns=5, metadata={}).id
-        s.commit()
-        job_id = create_generated_turn(
-            s, owner="o", conversation_id=cid, speaker=0, text="hi", params={}
-        ).job.id
-        s.commit()
-        assert claim_next(s, cid) == job_id
-        s.commit()
-    return cid, job_id
-
-
 def _status(sessions: sessionmaker[Session], job_id: str) -> tuple[str, str]:
     with sessions() as s:
         job = s.get(Job, job_id)
@@ -88,18 +71,9 @@ def _status(sessions: sessionmaker[Session], job_id: str) -> tuple[str, str]:
         return job.status, job.turn.status
 
 
-def _start(sessions: sessionmaker[Session], cid: str, job_id: str, worker: str = "w") -> JobPlan:
-    with sessions() as s:
-        plan = start_job(
-            s, job_id=job_id, conversation_id=cid, worker=worker, model="m", test_model=True
-        ).plan
-    assert plan is not None
-    return plan
-
-
 def test_an_illegal_move_is_refused_and_changes_nothing(sessions: sessionmaker[Session]) -> None:
-    cid, job_id = _queued_job(sessions)
-    plan = _start(sessions, cid, job_id)
+    cid, job_id = claimed_job(sessions)
+    plan = start_attempt(sessions, cid, job_id)
     with sessions() as s:
         stored, _ = succeed_job(
             s, plan, codes=np.zeros((2, 4), np.int64), audio_flac=None, frame_ms=80
@@ -113,7 +87,7 @@ def test_an_illegal_move_is_refused_and_changes_nothing(sessions: sessionmaker[S
                 move(job, job.turn, target)
         assert (job.status, job.turn.status) == ("succeeded", "succeeded")
     with sessions() as s:  # queued → succeeded skips running
-        job = s.get(Job, _queued_job(sessions)[1])
+        job = s.get(Job, claimed_job(sessions)[1])
         assert job is not None
         with pytest.raises(IllegalTransition, match="queued → succeeded"):
             move(job, job.turn, JobStatus.SUCCEEDED)
@@ -121,9 +95,9 @@ def test_an_illegal_move_is_refused_and_changes_nothing(sessions: sessionmaker[S
 
 
 def test_legal_changes_pass_start_then_fail(sessions: sessionmaker[Session]) -> None:
-    cid, job_id = _queued_job(sessions)
+    cid, job_id = claimed_job(sessions)
     assert _status(sessions, job_id) == ("queued", "queued")
-    plan = _start(sessions, cid, job_id)
+    plan = start_attempt(sessions, cid, job_id)
     assert _status(sessions, job_id) == ("running", "running")
     assert plan.params == TurnParams()  # stored as {}: read once, with the contract's defaults
     with sessions() as s:
@@ -132,12 +106,12 @@ def test_legal_changes_pass_start_then_fail(sessions: sessionmaker[Session]) -> 
 
 
 def test_legal_changes_pass_requeue_then_cancel(sessions: sessionmaker[Session]) -> None:
-    cid, job_id = _queued_job(sessions)
-    _start(sessions, cid, job_id, worker="w1")
+    cid, job_id = claimed_job(sessions)
+    start_attempt(sessions, cid, job_id, worker="w1")
     with sessions() as s:
         assert requeue_orphan(s, Orphan(job_id, cid, "w1")) == (True, job_id)
     assert _status(sessions, job_id) == ("queued", "queued")
-    _start(sessions, cid, job_id, worker="w2")
+    start_attempt(sessions, cid, job_id, worker="w2")
     with sessions() as s:
         job, _ = cancel_job(s, conversation_id=cid, job_id=job_id)
         s.commit()
@@ -147,7 +121,7 @@ def test_legal_changes_pass_requeue_then_cancel(sessions: sessionmaker[Session])
 
 
 def test_a_queued_job_can_be_cancelled(sessions: sessionmaker[Session]) -> None:
-    cid, job_id = _queued_job(sessions)
+    cid, job_id = claimed_job(sessions)
     with sessions() as s:
         cancel_job(s, conversation_id=cid, job_id=job_id)
         s.commit()
