@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from redis import Redis
@@ -12,16 +11,8 @@ from shared.contract.heartbeat import WorkerBeat
 from shared.redis_io.keys import RedisKeys
 
 
-def beat(
-    redis: Redis,
-    keys: RedisKeys,
-    *,
-    name: str,
-    info: WorkerBeat | Mapping[str, Any],
-    ttl_s: float,
-) -> None:
-    record = info if isinstance(info, WorkerBeat) else WorkerBeat.from_dict(dict(info))
-    redis.set(keys.worker(name), record.to_json(), px=int(ttl_s * 1000))
+def beat(redis: Redis, keys: RedisKeys, *, name: str, info: WorkerBeat, ttl_s: float) -> None:
+    redis.set(keys.worker(name), info.to_json(), px=int(ttl_s * 1000))
 
 
 def live_beats(redis: Redis, keys: RedisKeys) -> list[WorkerBeat]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from redis import Redis
 
+from shared.contract.heartbeat import WorkerBeat
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, TurnMedia
 from shared.jobs.dispatch import claim_next
@@ -123,7 +124,7 @@ def test_the_reconciler_waits_two_passes_and_judges_nobody_without_its_own_heart
         reconciler = one.reconciler
         assert reconciler.run_once() == []  # no heartbeat of its own: Redis may be empty
         assert reconciler.run_once() == []
-        beat(one.redis, one.keys, name="me", info={"name": "me"}, ttl_s=30)
+        beat(one.redis, one.keys, name="me", info=WorkerBeat(name="me"), ttl_s=30)
         assert reconciler.run_once() == []  # a suspect, not yet an orphan
         assert reconciler.run_once() == [one.job_id]
         assert one.sent == [(one.job_id, one.cid)]
@@ -155,8 +156,10 @@ def test_a_dispatched_job_in_no_queue_is_sent_again_unless_a_worker_holds_it(
     with one_claimed_job(tmp_path) as one:
         reconciler = one.reconciler
         assert reconciler.resend_lost_messages() == []  # no heartbeat of its own: judge nobody
-        beat(one.redis, one.keys, name="w2", info={"name": "w2", "jobs": [one.job_id]}, ttl_s=30)
-        beat(one.redis, one.keys, name="me", info={"name": "me", "jobs": []}, ttl_s=30)
+        beat(
+            one.redis, one.keys, name="w2", info=WorkerBeat(name="w2", jobs=[one.job_id]), ttl_s=30
+        )
+        beat(one.redis, one.keys, name="me", info=WorkerBeat(name="me", jobs=[]), ttl_s=30)
         assert reconciler.resend_lost_messages() == []  # held by a live worker
         assert reconciler.resend_lost_messages() == []
         one.redis.delete(one.keys.worker("w2"))  # that worker died holding it, before it ran
