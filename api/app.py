@@ -28,6 +28,7 @@ from api.routes import (
     csm,
     health,
     jobs,
+    live,
     metrics,
     openai_speech,
     stream,
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(
             module.router, dependencies=[Depends(check_rate_limit)], responses=ERROR_RESPONSES
         )
+    app.include_router(live.router)  # a WebSocket: it authenticates itself
     app.include_router(health.router, responses=ERROR_RESPONSES)
     app.include_router(metrics.router)
     mount_playground(app)

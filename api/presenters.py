@@ -8,7 +8,8 @@ from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import RedisError
 
-from api.schemas.core import ConversationOut, ErrorBody, JobOut, TurnOut, VoiceOut
+from api.schemas.core import ConversationOut, ErrorBody, JobOut, SegmentOut, TurnOut, VoiceOut
+from shared.contract.segments import SegmentStatus, segments_from_json
 from shared.db.models import Conversation, Job, JobStatus, Turn, Voice, VoiceStatus
 from shared.redis_io.keys import RedisKeys
 from shared.services.voices import SERVER_OWNER
@@ -59,6 +60,8 @@ def voice_out(voice: Voice) -> VoiceOut:
 
 def turn_out(turn: Turn) -> TurnOut:
     has_audio = turn.status == JobStatus.SUCCEEDED or turn.source == "provided"
+    segments = None if turn.segments is None else segments_from_json(turn.segments)
+    statuses = {segment.status for segment in segments or []}
     return TurnOut(
         id=turn.id,
         conversation_id=turn.conversation_id,
@@ -73,6 +76,10 @@ def turn_out(turn: Turn) -> TurnOut:
         duration_ms=turn.duration_ms,
         sample_rate=turn.sample_rate,
         audio_url=audio_url(turn.conversation_id, turn.id) if has_audio else None,
+        segments=None if segments is None else [SegmentOut(**s.to_json()) for s in segments],
+        truncated=SegmentStatus.TRUNCATED in statuses,
+        interrupted=bool(statuses & {SegmentStatus.INTERRUPTED, SegmentStatus.DROPPED}),
+        live=bool(turn.live),
         created_at=turn.created_at,
     )
 

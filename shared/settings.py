@@ -51,11 +51,12 @@ class Settings(BaseSettings):
     celery_events: bool = False
 
     # Limits.
-    max_text_chars: int = Field(default=1000, ge=1)
+    max_text_chars: int = Field(default=4096, ge=1)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_upload_duration_ms: int = Field(default=120_000, ge=1)
     max_audio_length_ms: int = Field(default=30_000, ge=80)
-    default_audio_length_ms: int = Field(default=10_000, ge=80)
+    # A live turn (``/live``) whose client sends no text for this long ends there.
+    live_text_idle_s: float = Field(default=60.0, gt=0)
     default_context_turns: int = Field(default=10, ge=0)
     max_context_turns: int = Field(default=64, ge=0)
     max_speaker: int = Field(default=31, ge=0)

@@ -202,7 +202,7 @@ class StepPublisher:
                 turn.settle(flags, now=now)
             return
         for turn, flag in zip(checking, flags, strict=True):
-            turn.cancel_seen(flag is not None)
+            turn.cancel_seen(flag)
 
 
 _NO_SAMPLES = np.zeros(0, dtype=np.float32)

@@ -14,7 +14,7 @@ result. Streaming stops for the rest of the turn (so what listeners got stays a 
 stored audio, which they are completed from), and progress and the cancel flag are tried again
 at most once a second.
 
-The methods below :meth:`TurnAudio.finish` are the publisher's: they run in the leader's thread
+The methods below :meth:`TurnAudio.result` are the publisher's: they run in the leader's thread
 while the turn's own thread waits for the answer, so one thread at a time touches a turn.
 """
 
@@ -31,6 +31,8 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared.audio import containers as audio
+from shared.contract.segments import Segment
+from shared.contract.states import CancelFlag
 from shared.redis_io.audio_stream import AudioStreamWriter
 from shared.redis_io.keys import JOB_KEY_TTL_S
 from worker.silence import Frame, SilenceGuard
@@ -44,7 +46,9 @@ REDIS_RETRY_S = 1.0
 
 
 class TurnAudio:
-    """Collects one turn: use :meth:`on_frame` as the engine's callback, then :meth:`finish`.
+    """Collects one turn: use :meth:`on_frame` as the engine's callback for each of its segments
+    (:meth:`start_segment`, then :meth:`end_segment` unless it was cancelled), then
+    :meth:`result`.
 
     ``on_frame`` returns True (stop generating) when the job was cancelled (``cancelled``) or
     the guard saw a silent tail (``guard.triggered``). Progress, the frames let through and the
@@ -69,6 +73,7 @@ class TurnAudio:
         self.answered = threading.Event()  # set by the publisher when a request is done
         self.generated = 0
         self.cancelled = False
+        self.interrupted = False  # the cancel flag asked to keep what was spoken (barge-in)
         self._codes: list[np.ndarray] = []
         self._pcm: list[np.ndarray] = []
         self._outbox: list[tuple[int, bytes]] = []  # (offset, PCM) not yet sent to the stream
@@ -83,9 +88,32 @@ class TurnAudio:
         ``on_frame`` contract); True means stop generating."""
         return self._publisher.frame(self, frame, samples)
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """Flush what the guard holds (at a natural end); the turn's codes and int16 samples."""
+    def end_segment(self) -> int:
+        """A segment ended by itself (its end frame, its budget, or a silent tail): send what the
+        guard holds. Returns the frames the turn has kept so far."""
         self._publisher.end(self)
+        return self.kept
+
+    def start_segment(self, guard: SilenceGuard | None) -> None:
+        """The next segment's frames come from a fresh generation: a fresh silence guard."""
+        self.guard = guard
+
+    def mark_segment(self, index: int, segment: Segment) -> None:
+        """Tell listeners segment ``index`` has ended, after its audio (sent by now)."""
+        self._stream.mark_segment(index, segment, at=self.pcm_bytes)
+
+    @property
+    def kept(self) -> int:
+        """Frames kept (sent to listeners, or to be stored) so far."""
+        return len(self._codes)
+
+    def codes(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The kept frames' codes ``[start, stop)``, ``(frames, num_codebooks)``."""
+        kept = self._codes[start:stop]
+        return np.stack(kept) if kept else np.zeros((0, 0), dtype=np.int64)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """The turn's kept codes and int16 samples: exactly what listeners were sent."""
         if not self._codes:
             return np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int16)
         return np.stack(self._codes), np.concatenate(self._pcm)
@@ -151,9 +179,10 @@ class TurnAudio:
         self._outbox.clear()
         self._retry_at = now + REDIS_RETRY_S
 
-    def cancel_seen(self, flag: bool) -> None:
-        """The cancel flag as the last pipeline read it."""
-        self.cancelled = flag
+    def cancel_seen(self, flag: bytes | None) -> None:
+        """The cancel flag as the last pipeline read it (None: not set)."""
+        self.cancelled = flag is not None
+        self.interrupted = flag == CancelFlag.INTERRUPT.encode()
 
     def _emit(self, frames: list[Frame]) -> None:
         for codes, heard in frames:

@@ -13,23 +13,23 @@ import numpy as np
 from shared.audio import containers as audio
 from shared.db.models import JobKind, TurnMedia
 from shared.errors import EngineError
-from shared.jobs.lifecycle import JobPlan, fail_job, release_job, start_job, succeed_job
+from shared.jobs.lifecycle import (
+    JobPlan,
+    cancel_running,
+    fail_job,
+    release_job,
+    start_job,
+    succeed_job,
+)
 from shared.jobs.queue import send_job
 from shared.logs import job_context
-from shared.redis_io.audio_stream import AudioStreamWriter, Outcome, end_stream, stream_maxlen
-from shared.redis_io.context import ContextEntry, select_window
-from worker.engine.csm import ContextTurn, SamplingParams
+from shared.redis_io.audio_stream import Outcome, end_stream
+from shared.redis_io.context import ContextEntry
 from worker.metrics import TurnTiming
 from worker.runtime import WorkerRuntime
-from worker.silence import SilenceGuard
-from worker.turn_audio import TurnAudio
-from worker.voice_encoding import voice_reference
+from worker.speaking import Cancelled, Spoken, speak
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """The job was cancelled while it ran."""
 
 
 def run_job(rt: WorkerRuntime, job_id: str, conversation_id: str | None = None) -> None:
@@ -65,11 +65,18 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
         return
     plan = start.plan
     timing = TurnTiming()
+    spoken: Spoken | None = None
     try:
         if plan.kind == JobKind.ENCODE:
             codes, flac, pcm_bytes = _encode(rt, plan), None, None
         else:
-            codes, flac, pcm_bytes = _generate(rt, plan, timing)
+            spoken = speak(rt, plan, timing)
+            # The stored audio is the streamed samples themselves (no second decode).
+            codes, flac, pcm_bytes = (
+                spoken.codes,
+                audio.encode(spoken.pcm, "flac"),
+                spoken.pcm_bytes,
+            )
     except Cancelled:
         next_job_id = rt.in_sql(f"job {job_id}: release", lambda s: release_job(s, plan))
         _end_audio(rt, plan, "cancelled")
@@ -86,9 +93,25 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
         _end_audio(rt, plan, "failed")
         _enqueue(rt, next_job_id, plan.conversation_id)
         return
+    if spoken is not None and spoken.codes.shape[0] == 0:  # interrupted before any audio
+        text = spoken.text if plan.live else None
+        next_job_id = rt.in_sql(
+            f"job {job_id}: cancel", lambda s: cancel_running(s, plan, text=text)
+        )
+        _end_audio(rt, plan, "cancelled")
+        _enqueue(rt, next_job_id, plan.conversation_id)
+        return
     stored, next_job_id = rt.in_sql(
         f"job {job_id}: store",
-        lambda s: succeed_job(s, plan, codes=codes, audio_flac=flac, frame_ms=audio.FRAME_MS),
+        lambda s: succeed_job(
+            s,
+            plan,
+            codes=codes,
+            audio_flac=flac,
+            frame_ms=audio.FRAME_MS,
+            segments=spoken.segments if spoken else None,
+            text=spoken.text if spoken and plan.live else None,
+        ),
     )
     # After the commit, so a listener that sees the end finds the stored audio.
     _end_audio(rt, plan, "succeeded" if stored else "cancelled", total_bytes=pcm_bytes)
@@ -97,8 +120,11 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
             turn_id=plan.turn_id,
             index=plan.index,
             speaker=plan.speaker,
-            text=plan.text,
+            text=spoken.text if spoken and plan.live else plan.text,
             codes=codes,
+            segments=tuple((s.text, s.frames) for s in spoken.segments if s.spoken)
+            if spoken
+            else (),
         )
         rt.context.put(plan.conversation_id, entry, keep=max(plan.max_context_turns, 1))
         if plan.kind == JobKind.GENERATE:
@@ -135,76 +161,3 @@ def _encode(rt: WorkerRuntime, plan: JobPlan) -> np.ndarray:
     if flac is None:
         raise EngineError(f"provided turn {plan.turn_id} has no stored audio")
     return rt.engine.encode(audio.decode_flac(flac))
-
-
-def _generate(
-    rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming
-) -> tuple[np.ndarray, bytes, int]:
-    engine = rt.engine
-    params = plan.params
-    length_ms = params.max_audio_length_ms or rt.settings.default_audio_length_ms
-    max_frames = max(1, int(length_ms) // audio.FRAME_MS)
-    candidates = rt.in_sql(
-        f"job {plan.job_id}: context",
-        lambda s: rt.context.candidates(
-            s, plan.conversation_id, before_index=plan.index, limit=plan.max_context_turns
-        ),
-    )
-    context = [ContextTurn(speaker=e.speaker, text=e.text, codes=e.codes) for e in candidates]
-    # A turn that does not fit even alone gets an empty window; the engine then refuses it
-    # with prompt_too_long.
-    budget = engine.max_positions - engine.request_cost(plan.speaker, plan.text) - max_frames
-    head: list[ContextTurn] = []
-    if plan.voice_id is not None and budget >= 0:
-        # The bound voice's reference is pinned at the head; the window gets what it leaves.
-        reference = voice_reference(rt, plan.voice_id, speaker=plan.speaker)
-        reference_cost = engine.turn_cost(reference)
-        if reference_cost > budget:
-            raise EngineError(
-                f"the voice's reference takes {reference_cost} positions and this turn "
-                f"{engine.max_positions - budget} (its text and max_audio_length_ms): past the "
-                f"model's {engine.max_positions}; use a shorter reference clip or a shorter turn",
-                code="voice_reference_too_long",
-            )
-        budget -= reference_cost
-        head = [reference]
-    keep = select_window([engine.turn_cost(t) for t in context], budget=budget)
-    window = head + list(reversed(context[:keep]))
-    if keep < len(context):
-        log.info(
-            "job %s: context window keeps %d of %d turns (budget %d positions)",
-            plan.job_id,
-            keep,
-            len(context),
-            budget,
-        )
-    most_frames = max(max_frames, rt.settings.max_audio_length_ms // audio.FRAME_MS)
-    turn = TurnAudio(
-        publisher=rt.publisher,
-        stream=AudioStreamWriter(
-            rt.redis, rt.keys.job_audio(plan.job_id), maxlen=stream_maxlen(most_frames)
-        ),
-        guard=SilenceGuard.from_settings(rt.settings, frame_ms=audio.FRAME_MS),
-        frames_key=rt.keys.job_frames(plan.job_id),
-        cancel_key=rt.keys.job_cancel(plan.job_id),
-    )
-    sampling = SamplingParams.from_turn(params, max_frames=max_frames)
-    engine.generate(window, plan.speaker, plan.text, sampling, on_frame=turn.on_frame)
-    if turn.cancelled:
-        raise Cancelled()
-    codes, pcm = turn.finish()
-    timing.first_audio, timing.generated = turn.first_audio_at, time.perf_counter()
-    if turn.guard is not None and turn.guard.triggered:
-        log.info(
-            "job %s: silent tail after %d frames; %d silent frames cut",
-            plan.job_id,
-            turn.generated,
-            turn.guard.dropped_frames,
-        )
-    if codes.shape[0] == 0:
-        raise EngineError(
-            "the model ended the turn before producing any audio; try another seed or temperature",
-            code="empty_audio",
-        )
-    # The stored audio is the streamed samples themselves (no second decode).
-    return codes, audio.encode(pcm, "flac"), turn.pcm_bytes

@@ -96,7 +96,25 @@ class TurnOut(BaseModel):
     duration_ms: int | None
     sample_rate: int
     audio_url: str | None
+    segments: list[SegmentOut] | None = Field(
+        description="a generated turn's text as CSM speaks it, in order (null for a provided "
+        "turn); a live turn's grow as its text comes and are listed once it is stored"
+    )
+    truncated: bool = Field(description="some segment reached its audio budget before its end")
+    interrupted: bool = Field(description="the turn was interrupted: it holds what was spoken")
+    live: bool = Field(description="its text came over /live while it was spoken")
     created_at: UtcDatetime
+
+
+class SegmentOut(BaseModel):
+    """One segment of a generated turn."""
+
+    text: str
+    frames: int = Field(description="the frames (80 ms each) it got")
+    status: Literal["pending", "done", "truncated", "interrupted", "dropped"] = Field(
+        description="pending: not spoken yet; done: the model ended it; truncated: it reached "
+        "its audio budget; interrupted: cut by an interrupt; dropped: never spoken"
+    )
 
 
 class ErrorBody(BaseModel):

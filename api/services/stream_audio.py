@@ -21,7 +21,7 @@ from shared.audio import containers as audio
 from shared.audio.formats import AudioFormat, StreamEncoder, transcode
 from shared.db.models import Job, JobStatus, TurnSource
 from shared.errors import Conflict, Unavailable
-from shared.redis_io.audio_stream import AudioStreamReader, StreamRead
+from shared.redis_io.audio_stream import AudioStreamReader, SegmentMark, StreamRead
 from shared.services.conversations import get_conversation
 from shared.services.turns import get_media, get_turn
 
@@ -127,6 +127,7 @@ class LiveAudio:
         self._reader = AudioStreamReader(self._redis, state.keys.job_audio(job_id))
         self.sent_bytes = 0
         self.finished = False
+        self.marks: list[SegmentMark] = []  # segment ends read, each after its audio
         self._judge_workers_at = 0.0  # a missing heartbeat means a dead worker from then on
 
     async def next(self) -> bytes:
@@ -145,7 +146,9 @@ class LiveAudio:
             self._judge_workers_at = time.monotonic() + 3 * self._state.settings.worker_heartbeat_s
             await anyio.sleep(IDLE_CHECK_MS / 1000)
             got = StreamRead(b"", None)
-        if got.pcm or got.end is not None:
+        if got.segment is not None:
+            self.marks.append(got.segment)
+        if got.pcm or got.end is not None or got.segment is not None:
             self.finished = got.end is not None
             self.sent_bytes += len(got.pcm)
             short = self._reader.gap or (got.total_bytes or 0) > self.sent_bytes

@@ -54,20 +54,17 @@ def parse_generated(state: ApiState, raw: bytes) -> TurnCreate:
 
 
 def check_generated(state: ApiState, body: TurnCreate) -> TurnCreate:
-    """The turn with its text stripped and ``max_audio_length_ms`` set; InvalidInput past the
-    limits."""
+    """The turn with its text stripped; InvalidInput past the limits. Without
+    ``max_audio_length_ms`` each segment's budget follows its text (``shared.sentences``)."""
     text = check_text_and_speaker(state, speaker=body.speaker, text=body.text)
     limit = state.settings.max_audio_length_ms
     length = body.params.max_audio_length_ms
-    if length is None:
-        length = min(state.settings.default_audio_length_ms, limit)
-    if length > limit:
+    if length is not None and length > limit:
         raise InvalidInput(
             f"params.max_audio_length_ms is {length}; the limit is {limit}",
             code="max_audio_length_ms_too_large",
         )
-    params = body.params.model_copy(update={"max_audio_length_ms": length})
-    return body.model_copy(update={"text": text, "params": params})
+    return body.model_copy(update={"text": text})
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -86,9 +83,11 @@ def store_generated(
     conversation_id: str,
     body: TurnCreate,
     voice_id: str | None = None,
+    live: bool = False,
 ) -> Turn:
     """The next turn of the owner's conversation; ``voice_id``: a named voice for this turn
-    (else its speaker's binding)."""
+    (else its speaker's binding). A ``live`` turn's text comes while it is spoken (its
+    segments through ``shared.redis_io.live_text``); ``body.text`` is what came so far."""
     with state.sessions() as session:
         return _add_generated(
             state,
@@ -97,6 +96,7 @@ def store_generated(
             conversation_id=conversation_id,
             body=body,
             voice_id=voice_id,
+            live=live,
         )
 
 
@@ -136,6 +136,7 @@ def _add_generated(
     conversation_id: str,
     body: TurnCreate,
     voice_id: str | None = None,
+    live: bool = False,
 ) -> Turn:
     _admit(state, session, owner=owner, conversation_id=conversation_id)
     turn = create_generated_turn(
@@ -146,6 +147,7 @@ def _add_generated(
         text=body.text,
         params=body.params.model_dump(),
         voice_id=voice_id,
+        live=live,
     )
     return _commit_and_dispatch(state, session, turn)
 

@@ -61,3 +61,12 @@ def check_transition(job_id: str, current: str, target: str) -> None:
         allowed = False
     if not allowed:
         raise IllegalTransition(job_id, current, target)
+
+
+class CancelFlag(StrEnum):
+    """What a running job's cancel flag (``RedisKeys.job_cancel``) holds, as the worker reads
+    it every frame: a cancel drops the turn (the API has already marked it cancelled); an
+    interrupt (barge-in) stops it and keeps what was spoken as the stored turn."""
+
+    CANCEL = "1"
+    INTERRUPT = "interrupt"

@@ -2,6 +2,8 @@
 reads): their field names, and the outcomes a terminal entry names.
 
 - a chunk: ``{PCM: bytes, AT: offset}``;
+- a segment's end: ``{SEGMENT: index, TEXT: text, FRAMES: n, STATUS: status, AT: offset}`` (after
+  the segment's last chunk; ``AT`` is where its audio ends);
 - the end: ``{END: outcome, BYTES: total}`` (``BYTES`` only when the worker knows it).
 
 See ``shared.redis_io.audio_stream`` for what they mean to the writer and the reader.
@@ -23,15 +25,23 @@ class StreamEntry:
     AT = b"at"  # a chunk's first byte in the turn's audio
     END = b"end"  # the terminal entry's outcome
     BYTES = b"bytes"  # the terminal entry's total length of the stored audio's PCM
+    SEGMENT = b"segment"  # a segment's end: its index in the turn
+    TEXT = b"text"  # the segment's text
+    FRAMES = b"frames"  # the frames it got
+    STATUS = b"status"  # how it ended (``shared.contract.segments.SegmentStatus``)
 
 
 class EntryKind(StrEnum):
-    """What an entry is: a chunk of audio, or the terminal entry."""
+    """What an entry is: a chunk of audio, a segment's end, or the terminal entry."""
 
     CHUNK = "chunk"
+    SEGMENT = "segment"
     END = "end"
 
     @classmethod
     def of(cls, fields: Mapping[bytes, object]) -> EntryKind:
-        """An entry with an ``END`` field is the end; any other is a chunk."""
-        return cls.END if StreamEntry.END in fields else cls.CHUNK
+        """An entry with an ``END`` field is the end, one with a ``SEGMENT`` field a segment's
+        end; any other is a chunk."""
+        if StreamEntry.END in fields:
+            return cls.END
+        return cls.SEGMENT if StreamEntry.SEGMENT in fields else cls.CHUNK

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -102,6 +103,11 @@ class Turn(Base):
     frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sample_rate: Mapped[int] = mapped_column(Integer, default=24000)
+    # A generated turn's segments (``shared.contract.segments``); None for a provided turn.
+    segments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Its text comes while it is spoken (``/live``): the worker reads the text's segments from
+    # Redis (``shared.redis_io.live_text``) and stores the whole text at the end.
+    live: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="turns")

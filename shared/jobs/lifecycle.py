@@ -5,7 +5,9 @@
 - the API cancels a job (:func:`cancel_job`): queued | running → cancelled;
 - a worker starts it (:func:`start_job`): queued → running;
 - its worker stores it (:func:`succeed_job`) or fails it (:func:`fail_job`): running →
-  succeeded | failed; or, after a cancel, only hands the conversation on (:func:`release_job`);
+  succeeded | failed; cancels it when it was interrupted before any audio
+  (:func:`cancel_running`): running → cancelled; or, after a cancel, only hands the
+  conversation on (:func:`release_job`);
 - recovery puts back a vanished worker's job (:func:`requeue_orphan`): running → queued.
 
 Each is one transaction that begins with the conversation's lock (``shared.jobs.dispatch``) and
@@ -26,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.contract.params import TurnParams
+from shared.contract.segments import Segment, segments_from_json, segments_to_json
 from shared.contract.states import JobStatus, check_transition
 from shared.db.models import (
     Conversation,
@@ -40,6 +43,7 @@ from shared.db.models import (
 from shared.errors import Conflict, NotFound
 from shared.jobs.dispatch import claim_next, lock_conversation
 from shared.mimi_codes import codes_to_bytes
+from shared.sentences import split_segments
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,8 @@ class JobPlan:
     attempt: int
     created_at: datetime  # when the API made the job (for latency metrics)
     voice_id: str | None = None  # the voice pinned at the head of a generated turn's prompt
+    segments: tuple[str, ...] = ()  # a generated turn's text, as the segments to speak
+    live: bool = False  # its segments come while it is spoken (``shared.redis_io.live_text``)
 
 
 @dataclass(frozen=True)
@@ -164,9 +170,20 @@ def start_job(
         attempt=job.attempts,
         created_at=job.created_at,
         voice_id=voice_id,
+        segments=tuple(_segment_texts(turn)),
+        live=turn.live,
     )
     session.commit()
     return Start(plan, None, conversation_id)
+
+
+def _segment_texts(turn: Turn) -> list[str]:
+    """A generated turn's segments to speak (a turn stored before segments were: cut now)."""
+    if turn.source != TurnSource.GENERATED or turn.live:
+        return []
+    if turn.segments is None:
+        return split_segments(turn.text)
+    return [segment.text for segment in segments_from_json(turn.segments)]
 
 
 def _lock_running(session: Session, plan: JobPlan) -> Job | None:
@@ -211,8 +228,11 @@ def succeed_job(
     codes: np.ndarray,
     audio_flac: bytes | None,
     frame_ms: int,
+    segments: list[Segment] | None = None,
+    text: str | None = None,
 ) -> tuple[bool, str | None]:
-    """Store a turn's codes (and generated audio) exactly once. Returns (stored, next job)."""
+    """Store a turn's codes (and generated audio, its ``segments`` and, for a live turn, its
+    whole ``text``) exactly once. Returns (stored, next job)."""
     job = _lock_running(session, plan)
     if job is None:
         next_job_id = _claim_if_present(session, plan.conversation_id)
@@ -231,6 +251,10 @@ def succeed_job(
     turn.frames = job.frames = frames
     if turn.source == TurnSource.GENERATED:
         turn.duration_ms = frames * frame_ms
+    if segments is not None:
+        turn.segments = segments_to_json(segments)
+    if text is not None:
+        turn.text = text
     move(job, turn, JobStatus.SUCCEEDED)
     job.finished_at = utcnow()
     next_job_id = claim_next(session, plan.conversation_id)
@@ -245,6 +269,20 @@ def fail_job(session: Session, plan: JobPlan, *, code: str, message: str) -> str
         move(job, job.turn, JobStatus.FAILED)
         job.error_code, job.error_message = code, message[:2000]
         job.finished_at = utcnow()
+    next_job_id = _claim_if_present(session, plan.conversation_id)
+    session.commit()
+    return next_job_id
+
+
+def cancel_running(session: Session, plan: JobPlan, *, text: str | None = None) -> str | None:
+    """A running turn interrupted before any audio: cancelled, with nothing stored but its
+    ``text`` (a live turn's, as far as it came). Returns the next job."""
+    job = _lock_running(session, plan)
+    if job is not None:
+        move(job, job.turn, JobStatus.CANCELLED)
+        job.finished_at = utcnow()
+        if text is not None:
+            job.turn.text = text
     next_job_id = _claim_if_present(session, plan.conversation_id)
     session.commit()
     return next_job_id

@@ -5,6 +5,8 @@ Entries, oldest first:
 - ``{"pcm": bytes, "at": offset}``: a chunk of audio (one or more Mimi frames, 80 ms each), raw
   16-bit little-endian mono PCM at 24 kHz, exactly the samples the turn's stored audio will hold
   from byte ``at`` on;
+- ``{"segment": index, "text", "frames", "status", "at": offset}``: a segment of the turn has
+  ended (a long turn is spoken as segments, ``shared.sentences``), its audio ending at ``at``;
 - ``{"end": "succeeded" | "failed" | "cancelled", "bytes": total}``: the terminal entry, written
   once the job's outcome is committed to SQL (readers stop at the first one); ``bytes`` (when the
   worker wrote it) is the stored audio's PCM length.
@@ -31,6 +33,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
+from shared.contract.segments import Segment, SegmentStatus
 from shared.contract.stream import EntryKind, StreamEntry
 from shared.contract.stream import Outcome as Outcome
 
@@ -65,6 +68,21 @@ class AudioStreamWriter:
         pipe.xadd(self.key, {PCM_FIELD: pcm, AT_FIELD: at}, maxlen=self.maxlen, approximate=True)
         pipe.expire(self.key, LIVE_TTL_S)
 
+    def mark_segment(self, index: int, segment: Segment, *, at: int) -> None:
+        """Append a segment's end (after its chunks, whose writes have been sent). Best effort:
+        a Redis failure is logged; the turn's segments are stored with it."""
+        fields = {
+            StreamEntry.SEGMENT: index,
+            StreamEntry.TEXT: segment.text.encode(),
+            StreamEntry.FRAMES: segment.frames,
+            StreamEntry.STATUS: segment.status.value.encode(),
+            AT_FIELD: at,
+        }
+        try:
+            self._redis.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        except RedisError as exc:
+            log.warning("%s: segment %d's end not written: %s", self.key, index, exc)
+
     def end(self, outcome: Outcome, *, total_bytes: int | None = None) -> None:
         """Append the terminal entry; see :func:`end_stream`."""
         end_stream(self._redis, self.key, outcome, total_bytes=total_bytes)
@@ -88,12 +106,22 @@ def end_stream(redis: Redis, key: str, outcome: Outcome, *, total_bytes: int | N
 
 @dataclass(frozen=True)
 class StreamRead:
-    """What one read gave: the PCM of the chunks read (joined; may be empty), and the outcome
-    once the terminal entry has been reached, with the stored audio's length when known."""
+    """What one read gave: the PCM of the chunks read (joined; may be empty), the segment whose
+    end came right after them (a read stops there), and the outcome once the terminal entry has
+    been reached, with the stored audio's length when known."""
 
     pcm: bytes
     end: str | None
     total_bytes: int | None = None
+    segment: SegmentMark | None = None
+
+
+@dataclass(frozen=True)
+class SegmentMark:
+    """A segment's end as the stream tells it."""
+
+    index: int
+    segment: Segment
 
 
 class AudioStreamReader:
@@ -122,13 +150,16 @@ class AudioStreamReader:
             {self.key: self._last_id}, count=self._count, block=block_ms
         )
         chunks: list[bytes] = []
-        for entry_id, fields in _entries(reply):
+        for entry_id, fields in xread_entries(reply):
             self._last_id = entry_id
-            if EntryKind.of(fields) is EntryKind.END:
+            kind = EntryKind.of(fields)
+            if kind is EntryKind.END:
                 self.end = bytes(fields[END_FIELD]).decode()
                 if BYTES_FIELD in fields:
                     self.total_bytes = int(fields[BYTES_FIELD])
                 break
+            if kind is EntryKind.SEGMENT:
+                return StreamRead(b"".join(chunks), None, segment=_segment_mark(fields))
             pcm = bytes(fields.get(PCM_FIELD, b""))
             at = int(fields[AT_FIELD]) if AT_FIELD in fields else self.position
             if self.gap or at != self.position:
@@ -141,7 +172,16 @@ class AudioStreamReader:
         return StreamRead(b"".join(chunks), self.end, self.total_bytes)
 
 
-def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+def _segment_mark(fields: dict[bytes, bytes]) -> SegmentMark:
+    segment = Segment(
+        text=bytes(fields[StreamEntry.TEXT]).decode(),
+        frames=int(fields[StreamEntry.FRAMES]),
+        status=SegmentStatus(bytes(fields[StreamEntry.STATUS]).decode()),
+    )
+    return SegmentMark(index=int(fields[StreamEntry.SEGMENT]), segment=segment)
+
+
+def xread_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
     """XREAD's entries for one stream, in RESP2 (list of pairs) or RESP3 (map) shape."""
     if not reply:
         return []

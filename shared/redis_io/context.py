@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from redis import Redis
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.contract.segments import segments_from_json
 from shared.db.models import JobStatus, Turn, TurnMedia
 from shared.mimi_codes import codes_from_bytes, codes_to_bytes
 
@@ -29,13 +31,27 @@ CONTEXT_TTL_S = 7 * 24 * 3600
 
 @dataclass(frozen=True)
 class ContextEntry:
-    """One finished turn as a prompt needs it."""
+    """One finished turn as a prompt needs it. A turn spoken in segments lists the spoken
+    ones, ``(text, frames)`` in order: its codes are theirs back to back."""
 
     turn_id: str
     index: int
     speaker: int
     text: str
     codes: np.ndarray  # (frames, n_q)
+    segments: tuple[tuple[str, int], ...] = ()
+
+    def pieces(self) -> list[tuple[str, np.ndarray]]:
+        """The turn as the prompt takes it, oldest first: one ``(text, codes)`` per spoken
+        segment (so a long turn's newest segments can fit where the whole would not), or the
+        whole turn."""
+        if not self.segments or sum(f for _, f in self.segments) != self.codes.shape[0]:
+            return [(self.text, self.codes)]
+        pieces, at = [], 0
+        for text, frames in self.segments:
+            pieces.append((text, self.codes[at : at + frames]))
+            at += frames
+        return pieces
 
     def to_bytes(self) -> bytes:
         header = {
@@ -44,6 +60,7 @@ class ContextEntry:
             "speaker": self.speaker,
             "text": self.text,
             "n_q": int(self.codes.shape[1]),
+            "segments": [list(segment) for segment in self.segments],
         }
         return json.dumps(header).encode() + b"\n" + codes_to_bytes(self.codes)
 
@@ -57,6 +74,7 @@ class ContextEntry:
             speaker=meta["speaker"],
             text=meta["text"],
             codes=codes_from_bytes(body, meta["n_q"]),
+            segments=tuple((text, frames) for text, frames in meta.get("segments", [])),
         )
 
 
@@ -106,10 +124,10 @@ class ContextStore:
         """The up to ``limit`` newest finished turns before ``before_index``, newest first."""
         if limit <= 0:
             return []
-        rows: list[tuple[str, int, int, str]] = [
-            (r[0], r[1], r[2], r[3])
+        rows: list[tuple[str, int, int, str, Any]] = [
+            (r[0], r[1], r[2], r[3], r[4])
             for r in session.execute(
-                select(Turn.id, Turn.index, Turn.speaker, Turn.text)
+                select(Turn.id, Turn.index, Turn.speaker, Turn.text, Turn.segments)
                 .where(
                     Turn.conversation_id == conversation_id,
                     Turn.index < before_index,
@@ -128,7 +146,7 @@ class ContextStore:
             log.warning("context cache of %s unreadable (%s); using SQL", conversation_id, exc)
             cached = [None] * len(rows)
         entries: dict[str, ContextEntry] = {}
-        for (turn_id, _index, _speaker, _text), blob in zip(rows, cached, strict=True):
+        for (turn_id, *_), blob in zip(rows, cached, strict=True):
             if blob is not None:
                 entry = ContextEntry.from_bytes(blob)
                 if entry.turn_id == turn_id:
@@ -141,7 +159,7 @@ class ContextStore:
                     select(TurnMedia).where(TurnMedia.turn_id.in_([r[0] for r in missing]))
                 )
             }
-            for turn_id, index, speaker, text in missing:
+            for turn_id, index, speaker, text, segments in missing:
                 m = media.get(turn_id)
                 if m is None or m.codes is None or m.n_q is None:
                     continue  # a finished turn always has codes; skip rather than fail a turn
@@ -151,10 +169,17 @@ class ContextStore:
                     speaker=speaker,
                     text=text,
                     codes=codes_from_bytes(m.codes, m.n_q),
+                    segments=spoken_segments(segments),
                 )
                 entries[turn_id] = entry
                 self.put(conversation_id, entry, keep=limit)
         return [entries[r[0]] for r in rows if r[0] in entries]
+
+
+def spoken_segments(raw: list[dict[str, Any]] | None) -> tuple[tuple[str, int], ...]:
+    """A stored turn's spoken segments as context takes them: ``(text, frames)`` of those with
+    audio, in order."""
+    return tuple((s.text, s.frames) for s in segments_from_json(raw) if s.spoken)
 
 
 def select_window(costs_newest_first: Sequence[int], *, budget: int) -> int:

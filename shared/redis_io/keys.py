@@ -24,6 +24,11 @@ class RedisKeys:
         (see ``shared.redis_io.audio_stream``)."""
         return f"{self.prefix}:job:{job_id}:audio"
 
+    def job_text(self, job_id: str) -> str:
+        """A live turn's text as it comes: a Redis Stream of segments and an end entry (see
+        ``shared.redis_io.live_text``)."""
+        return f"{self.prefix}:job:{job_id}:text"
+
     def rate_limit(self, owner: str) -> str:
         """An owner's request count in the current rate-limit window (expires with it)."""
         return f"{self.prefix}:ratelimit:{owner}"

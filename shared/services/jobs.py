@@ -9,6 +9,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
+from shared.contract.states import CancelFlag
 from shared.db.models import Conversation, Job, is_id
 from shared.errors import NotFound
 from shared.redis_io.audio_stream import end_stream
@@ -38,7 +39,7 @@ def announce_cancel(redis: Redis, keys: RedisKeys, job_id: str) -> None:
     Best effort: SQL holds the cancel, so with Redis away a running job's worker still discards
     its turn when it tries to store it (it only cannot stop early)."""
     try:
-        redis.set(keys.job_cancel(job_id), 1, ex=CANCEL_FLAG_TTL_S)
+        redis.set(keys.job_cancel(job_id), CancelFlag.CANCEL, ex=CANCEL_FLAG_TTL_S)
     except RedisError as exc:
         log.warning("job %s: cancel flag not set (%s); its worker discards the turn", job_id, exc)
         return

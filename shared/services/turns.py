@@ -7,8 +7,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.contract.segments import pending, segments_to_json
 from shared.db.models import Conversation, Job, JobKind, Turn, TurnMedia, TurnSource, is_id
 from shared.errors import NotFound
+from shared.sentences import split_segments
 from shared.services.voices import pin_bound_voice
 
 
@@ -56,9 +58,11 @@ def create_generated_turn(
     text: str,
     params: dict[str, Any],
     voice_id: str | None = None,
+    live: bool = False,
 ) -> Turn:
     """A turn for CSM to speak, with its queued job, and its voice: ``voice_id`` (a voice the
-    request named), else the one its speaker is bound to."""
+    request named), else the one its speaker is bound to. Its text is cut into segments now
+    (all pending); a ``live`` turn starts with none, its text coming while it is spoken."""
     turn = _add_turn(
         session,
         owner=owner,
@@ -68,6 +72,8 @@ def create_generated_turn(
         text=text,
         source=TurnSource.GENERATED,
         params=params,
+        live=live,
+        segments=[] if live else segments_to_json(pending(split_segments(text))),
     )
     pin_bound_voice(session, turn=turn, voice_id=voice_id)
     return turn

@@ -42,7 +42,7 @@ def _assert_error(r: Any, status: int, code: str | None = None) -> None:
 BAD_TURNS: list[tuple[dict[str, Any], str]] = [
     ({"speaker": 0, "text": ""}, "invalid_input"),
     ({"speaker": 0, "text": "   \n "}, "empty_text"),
-    ({"speaker": 0, "text": "x" * 1001}, "text_too_long"),
+    ({"speaker": 0, "text": "x" * 4097}, "text_too_long"),
     ({"speaker": -1, "text": "hi"}, "invalid_input"),
     ({"speaker": 99, "text": "hi"}, "invalid_speaker"),
     ({"speaker": "zero", "text": "hi"}, "invalid_input"),

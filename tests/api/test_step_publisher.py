@@ -86,7 +86,8 @@ def speak(
             params = SamplingParams(temperature=0, top_k=50, max_frames=frames)
             engine.generate([], i % 2, f"Turn number {i} speaks.", params, on_frame=on_frame)
             if not turn.audio.cancelled:
-                turn.codes, turn.pcm = turn.audio.finish()
+                turn.audio.end_segment()
+                turn.codes, turn.pcm = turn.audio.result()
         except BaseException as exc:
             turn.error = exc
 
