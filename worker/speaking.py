@@ -179,6 +179,7 @@ def _segment_texts(rt: WorkerRuntime, plan: JobPlan, turn: TurnAudio) -> Iterato
         yield from read_segments(rt.redis, key, stop=stop, idle_s=rt.settings.live_text_idle_s)
     except TextTimeout as exc:
         log.warning("job %s: live turn ended: %s", plan.job_id, exc)
+    stop()  # an interrupt also ends the text: tell the two apart
 
 
 def _earlier_pieces(rt: WorkerRuntime, plan: JobPlan) -> list[ContextTurn]:

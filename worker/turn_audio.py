@@ -179,10 +179,12 @@ class TurnAudio:
         self._outbox.clear()
         self._retry_at = now + REDIS_RETRY_S
 
-    def cancel_seen(self, flag: bytes | None) -> None:
-        """The cancel flag as the last pipeline read it (None: not set)."""
+    def cancel_seen(self, flag: bytes | str | None) -> None:
+        """The cancel flag as the last read gave it (None: not set)."""
         self.cancelled = flag is not None
-        self.interrupted = flag == CancelFlag.INTERRUPT.encode()
+        if isinstance(flag, bytes):
+            flag = flag.decode(errors="replace")
+        self.interrupted = flag == CancelFlag.INTERRUPT
 
     def _emit(self, frames: list[Frame]) -> None:
         for codes, heard in frames:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 from fastapi import WebSocket
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -84,15 +83,15 @@ class LiveSession:
     async def run(self) -> None:
         """Take messages until the socket closes; then interrupt what is not done."""
         try:
-            async with anyio.create_task_group() as tasks:
+            async with self._to_relay, self._relay_queue, anyio.create_task_group() as tasks:
                 tasks.start_soon(self._relay)
-                await self._receive(tasks)
+                await self._receive()
                 tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._interrupt_all(reason="the socket closed")
 
-    async def _receive(self, tasks: TaskGroup) -> None:
+    async def _receive(self) -> None:
         while True:
             try:
                 message = await self._ws.receive()
