@@ -40,7 +40,7 @@ async def live(
     state: ApiState = ws.app.state.parley
     await ws.accept()
     authorization = ws.headers.get("authorization")
-    if authorization is None and api_key is not None:
+    if not authorization and api_key is not None:
         authorization = f"Bearer {api_key}"
     try:
         owner = await run_in_threadpool(_admit, state, authorization, conversation_id, speaker)

@@ -125,6 +125,8 @@ class LiveSession:
         turn = self._open
         if turn is None:
             turn = self._open = LiveTurn(params=message.params)
+        elif turn.turn_id is None and message.params is not None:
+            turn.params = message.params  # not stored yet: the turn starts with this text
         limit = self._state.settings.max_text_chars
         if turn.chars + len(message.text) > limit:
             raise InvalidInput(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -75,3 +76,33 @@ def test_cancel_stops_within_one_frame_and_frees_the_worker(
     assert stack.wait_job(waiting["job_id"])["status"] == "succeeded"  # the worker was freed
     final = int(stack.redis.get(frames_key) or 0)
     assert 0 < at_cancel <= final <= at_cancel + 1 < 375, (at_cancel, final)
+
+
+def test_interrupt_keeps_what_was_spoken_as_context(stack: Stack, engine: Any) -> None:
+    """``POST /v1/jobs/{id}/interrupt`` (barge-in): a running turn stops and is stored with what
+    it had sent, marked interrupted, and the next turn hears exactly that; a queued turn is
+    cancelled; a finished one is a 409."""
+    cid = stack.conversation()
+    long = stack.say(cid, 1, "Interrupted while it speaks.", max_audio_length_ms=RUNNING_MS)
+    queued = stack.say(cid, 0, "Never spoken.")
+    r = stack.client.post(f"/v1/jobs/{queued['job_id']}/interrupt")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    _wait_running(stack, long["job_id"])
+    r = stack.client.post(f"/v1/jobs/{long['job_id']}/interrupt")
+    assert r.status_code == 200 and r.json()["status"] == "running"  # it stops within a frame
+    after = stack.say(cid, 0, "I heard you.")
+    assert stack.wait_job(long["job_id"])["status"] == "succeeded"
+    assert stack.wait_job(after["job_id"])["status"] == "succeeded"
+
+    turn = stack.client.get(f"/v1/conversations/{cid}/turns/{long['id']}").json()
+    assert turn["interrupted"] and turn["segments"][0]["status"] == "interrupted"
+    assert 0 < turn["frames"] < RUNNING_MS // 80
+    audio = stack.client.get(f"/v1/conversations/{cid}/turns/{long['id']}/audio?format=pcm")
+    assert len(audio.content) == turn["frames"] * 1920 * 2
+    # The next turn's context is the interrupted turn as stored (the queued one was dropped).
+    want = expected_codes(engine, stack, cid, [turn], 0, after["text"])
+    assert np.array_equal(served_codes(stack, cid, after["id"]), want)
+    r = stack.client.post(f"/v1/jobs/{long['job_id']}/interrupt")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
+    r = stack.client.post(f"/v1/jobs/{uuid.uuid4()}/interrupt")
+    assert r.status_code == 404

@@ -415,3 +415,40 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> N
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def test_a_long_input_is_spoken_whole_and_streamed(stack: Stack, client: OpenAI) -> None:
+    """4,096 characters (OpenAI's limit) are spoken segment by segment, back to back: the audio
+    stream (and the SSE deltas) carry every segment's audio, exactly the stored turn; 4,097 is a
+    422 naming the limit."""
+    sentence = "Every sentence of this article is spoken in its turn. "
+    text = (sentence * 80)[:4096].rsplit(" ", 1)[0] + "."
+    text = text + " " + "x" * (4096 - len(text) - 1)
+    assert len(text) == 4096
+    body = {"temperature": 0, "max_audio_length_ms": 160}  # 2 frames a segment
+    for stream_format in ("audio", "sse"):
+        with client.audio.speech.with_streaming_response.create(
+            model="tts-1",
+            voice="alloy",
+            input=text,
+            response_format="pcm",
+            stream_format=stream_format,  # type: ignore[arg-type]
+            extra_headers=NEW,
+            extra_body=body,
+        ) as r:
+            if stream_format == "sse":
+                audio = b"".join(
+                    base64.b64decode(e["audio"]) for e in sse_events(r.iter_lines())[:-1]
+                )
+            else:
+                audio = b"".join(r.iter_bytes())
+            headers = dict(r.headers)
+        turn = turn_of(stack, headers)
+        segments = turn["segments"]
+        assert len(segments) > 70 and " ".join(s["text"] for s in segments) == text
+        assert turn["frames"] == 2 * len(segments) == sum(s["frames"] for s in segments)
+        assert audio == stored_pcm(stack, turn)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        speak(client, text + "y")
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "text_too_long" and "the limit is 4096" in error["message"], error
