@@ -145,6 +145,12 @@ def speak(rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming) -> Spoken:
         raise Cancelled()
     codes, pcm = turn.result()
     timing.first_audio, timing.generated = turn.first_audio_at, time.perf_counter()
+    if not texts and not turn.cancelled:
+        raise EngineError(
+            f"the live turn's text did not complete a sentence within "
+            f"{rt.settings.live_text_idle_s:g} s (live_text_idle_s)",
+            code="live_text_idle",
+        )
     if codes.shape[0] == 0 and not turn.interrupted:
         raise EngineError(
             "the model ended the turn before producing any audio; try another seed or temperature",
