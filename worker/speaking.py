@@ -26,7 +26,7 @@ from shared.errors import EngineError
 from shared.jobs.lifecycle import JobPlan
 from shared.redis_io.audio_stream import AudioStreamWriter, stream_maxlen
 from shared.redis_io.context import ContextEntry, select_window
-from shared.redis_io.live_text import TextTimeout, read_segments
+from shared.redis_io.live_text import TextTimeout, end_text, read_segments
 from shared.sentences import BUDGET_FLOOR_MS, BUDGET_MS_PER_CHAR, segment_budget_ms
 from shared.settings import Settings
 from worker.engine.csm import ContextTurn, SamplingParams
@@ -185,6 +185,7 @@ def _segment_texts(rt: WorkerRuntime, plan: JobPlan, turn: TurnAudio) -> Iterato
         yield from read_segments(rt.redis, key, stop=stop, idle_s=rt.settings.live_text_idle_s)
     except TextTimeout as exc:
         log.warning("job %s: live turn ended: %s", plan.job_id, exc)
+        end_text(rt.redis, key)  # text that comes later is refused, not lost
     stop()  # an interrupt also ends the text: tell the two apart
 
 

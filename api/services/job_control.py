@@ -14,7 +14,7 @@ from shared.contract.states import CancelFlag, JobStatus
 from shared.db.models import Job
 from shared.errors import Conflict, NotFound, Unavailable
 from shared.jobs.lifecycle import cancel_job
-from shared.redis_io.live_text import add_segments
+from shared.redis_io.live_text import end_text
 from shared.services.jobs import CANCEL_FLAG_TTL_S, announce_cancel
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def interrupt(state: ApiState, session: Session, *, conversation_id: str, job_id
     try:
         pipe = state.redis.pipeline(transaction=False)
         pipe.set(state.keys.job_cancel(job_id), CancelFlag.INTERRUPT, ex=CANCEL_FLAG_TTL_S)
-        add_segments(pipe, state.keys.job_text(job_id), [], end=True)  # a live turn's text ends
+        end_text(pipe, state.keys.job_text(job_id))  # a live turn takes no more text
         pipe.execute()
     except RedisError as exc:
         raise Unavailable(

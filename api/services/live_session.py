@@ -43,7 +43,7 @@ from api.services.turn_intake import describe_validation_error, store_generated
 from shared.contract.segments import SegmentStatus, segments_from_json
 from shared.db.models import Job, Turn
 from shared.errors import Conflict, InvalidInput, ParleyError
-from shared.redis_io.live_text import add_segments
+from shared.redis_io.live_text import append_text
 from shared.sentences import SentenceBuffer
 
 log = logging.getLogger(__name__)
@@ -123,25 +123,26 @@ class LiveSession:
     async def _text(self, message: TextMessage) -> None:
         self._check_turn_id(message.turn_id)
         turn = self._open
-        if turn is None:
-            turn = self._open = LiveTurn(params=message.params)
-        elif turn.turn_id is None and message.params is not None:
-            turn.params = message.params  # not stored yet: the turn starts with this text
+        chars = (turn.chars if turn else 0) + len(message.text)
         limit = self._state.settings.max_text_chars
-        if turn.chars + len(message.text) > limit:
+        if chars > limit:
             raise InvalidInput(
-                f"the turn's text would be {turn.chars + len(message.text)} characters; the "
-                f"limit is {limit} (max_text_chars); this text was not taken",
+                f"the turn's text would be {chars} characters; the limit is {limit} "
+                "(max_text_chars); this text was not taken",
                 code="text_too_long",
             )
         if "\x00" in message.text:
             raise InvalidInput("text contains a NUL character", code="invalid_text")
-        turn.chars += len(message.text)
+        if turn is None:
+            turn = self._open = LiveTurn(params=message.params)
+        elif turn.turn_id is None and message.params is not None:
+            turn.params = message.params  # not stored yet: the turn starts with this text
+        turn.chars = chars
         segments = turn.buffer.feed(message.text)
-        if turn.turn_id is None:
-            if not (turn.buffer.pending.strip() or segments):
-                return  # blank so far: nothing to store yet
-            await self._store(turn, " ".join([*segments, turn.buffer.pending]).strip())
+        if not segments:
+            return
+        if turn.turn_id is None:  # stored at its first complete sentence
+            await self._store(turn, " ".join(segments))
         await self._send_text(turn, segments, end=False)
 
     async def _end(self, message: EndMessage) -> None:
@@ -152,7 +153,11 @@ class LiveSession:
         self._open = None
         segments = turn.buffer.flush()
         if turn.turn_id is None:
-            raise InvalidInput("the turn's text is empty; nothing was stored", code="empty_text")
+            if not segments:
+                raise InvalidInput(
+                    "the turn's text is empty; nothing was stored", code="empty_text"
+                )
+            await self._store(turn, " ".join(segments))
         await self._send_text(turn, segments, end=True)
 
     def _check_turn_id(self, turn_id: str | None) -> None:
@@ -188,18 +193,10 @@ class LiveSession:
         await self._to_relay.send(turn)
 
     async def _send_text(self, turn: LiveTurn, segments: list[str], *, end: bool) -> None:
-        if not segments and not end:
-            return
         assert turn.job_id is not None
         key = self._state.keys.job_text(turn.job_id)
-
-        def write() -> None:
-            pipe = self._state.redis.pipeline(transaction=False)
-            add_segments(pipe, key, segments, end=end)
-            pipe.execute()
-
         try:
-            await run_in_threadpool(write)
+            taken = await run_in_threadpool(append_text, self._state.redis, key, segments, end=end)
         except RedisError as exc:
             log.warning("job %s: live text not sent (%s); interrupting the turn", turn.job_id, exc)
             await self._interrupt(turn)
@@ -207,6 +204,18 @@ class LiveSession:
                 f"the turn's text could not be passed on (Redis: {exc}); it was interrupted",
                 code="redis_unavailable",
             ) from exc
+        if not taken:  # the worker stopped waiting for it, or an interrupt came first
+            self._close(turn)
+            raise InvalidInput(
+                f"turn {turn.turn_id} has ended and takes no more text; this text was not "
+                "taken (send it again to start the next turn)",
+                code="turn_ended",
+            )
+
+    def _close(self, turn: LiveTurn) -> None:
+        """The turn takes no more text: the next text opens the next turn."""
+        if self._open is turn:
+            self._open = None
 
     async def _interrupt_all(self, *, reason: str) -> None:
         """Interrupt every stored turn not yet done; forget the open turn's text."""
@@ -264,6 +273,13 @@ class LiveSession:
             done = await run_in_threadpool(self._turn_done, turn.turn_id, turn.job_id)
             turn.done = True
             await self._send(done)
+            if self._open is turn:  # it ended before the client ended it (idle, or failed)
+                self._close(turn)
+                if pending := turn.buffer.pending.strip():
+                    await self._error(
+                        "turn_ended",
+                        f"turn {turn.turn_id} ended before its text did; not spoken: {pending!r}",
+                    )
 
     def _turn_done(self, turn_id: str, job_id: str) -> dict[str, Any]:
         with self._state.reads() as session:

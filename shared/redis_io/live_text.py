@@ -1,9 +1,12 @@
 """A live turn's text on its way to the worker: one Redis Stream per job.
 
 The API appends each segment of text as soon as its sentence is complete (``{"text": ...}``)
-and, when the client ends the turn, an end entry (``{"end": "1"}``). The worker reads the
-stream from its first entry, so an attempt that recovery started again reads the same text.
-Entries expire with the stream (``TEXT_TTL_S`` after the last one).
+and, when the client ends the turn, an end entry (``{"end": "1"}``); an interrupt ends it too,
+and so does the worker when it stops waiting (no text for ``live_text_idle_s``). Text is only
+appended while the stream has no end (:func:`append_text`, atomic in Redis), so text that comes
+too late is refused, never lost unseen. The worker reads the stream from its first entry, so an
+attempt that recovery started again reads the same text. Entries expire with the stream
+(``TEXT_TTL_S`` after the last one).
 """
 
 from __future__ import annotations
@@ -22,12 +25,34 @@ TEXT_TTL_S = 3600
 POLL_MS = 200  # how long one read waits before the worker checks whether to stop
 
 
-def add_segments(pipe: Pipeline, key: str, texts: list[str], *, end: bool = False) -> None:
-    """Queue the segments (and the end, when ``end``) on the caller's pipeline."""
-    for text in texts:
-        pipe.xadd(key, {TEXT_FIELD: text.encode()})
-    if end:
-        pipe.xadd(key, {END_FIELD: b"1"})
+# Appends ARGV[3:] as text entries (then an end when ARGV[1] is "1"; ARGV[2] is the TTL) unless
+# the stream already ends; returns 0 when it does (nothing is appended), else 1.
+_APPEND = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local fields = last[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'end' then return 0 end
+  end
+end
+for i = 3, #ARGV do redis.call('XADD', KEYS[1], '*', 'text', ARGV[i]) end
+if ARGV[1] == '1' then redis.call('XADD', KEYS[1], '*', 'end', '1') end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+
+def append_text(redis: Redis, key: str, texts: list[str], *, end: bool = False) -> bool:
+    """Append the segments (and the end, when ``end``) unless the text has ended already;
+    False when it had (nothing is appended)."""
+    if not texts and not end:
+        return True
+    return bool(redis.eval(_APPEND, 1, key, "1" if end else "0", TEXT_TTL_S, *texts))
+
+
+def end_text(pipe: Pipeline | Redis, key: str) -> None:
+    """End the text (idempotent for readers: they stop at the first end)."""
+    pipe.xadd(key, {END_FIELD: b"1"})
     pipe.expire(key, TEXT_TTL_S)
 
 

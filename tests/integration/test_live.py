@@ -5,7 +5,7 @@ socket, a socket dropped mid-turn."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import WebSocketTestSession
 
 from shared.redis_io.context import ContextStore
-from tests.stack import RUNNING_MS, Stack, running_stack, wait_until
+from tests.stack import RUNNING_MS, Stack, running_stack
 
 SHORT = {"max_audio_length_ms": 240, "temperature": 0}  # 3 frames a segment
 LONG = {"max_audio_length_ms": RUNNING_MS, "temperature": 0}  # runs until stopped
@@ -80,8 +80,8 @@ def test_text_in_audio_out_speaking_before_the_text_is_whole(stack: Stack) -> No
     heard = Heard()
     with stack.client.websocket_connect(f"/v1/conversations/{cid}/live?speaker=1") as ws:
         send(ws, type="text", text="Hello there", params=SHORT)
-        started = heard.until(ws, "turn.started")
         send(ws, type="text", text=". How are")
+        started = heard.until(ws, "turn.started")  # stored at its first complete sentence
         # The first sentence is complete: its audio comes while the turn's text is not.
         heard.until_audio(ws)
         first = heard.until(ws, "segment.done")
@@ -170,22 +170,20 @@ def test_a_dropped_socket_ends_its_turn_as_if_cancelled(stack: Stack) -> None:
     assert stack.wait_job(after["job_id"])["status"] == "succeeded"
 
 
-def test_a_dropped_socket_before_any_audio_cancels_its_turn(stack: Stack) -> None:
-    """A turn whose text never completed a sentence has spoken nothing: it is cancelled."""
+def test_a_dropped_socket_cancels_its_turn_still_queued(stack: Stack) -> None:
+    """A live turn waiting behind another turn has spoken nothing: it is cancelled."""
     cid = stack.conversation()
+    ahead = stack.say(cid, 0, "A REST turn ahead of it.", max_audio_length_ms=RUNNING_MS)
     heard = Heard()
     with stack.client.websocket_connect(f"/v1/conversations/{cid}/live") as ws:
-        send(ws, type="text", text="No sentence end here", params=LONG)
+        send(ws, type="text", text="Waiting for my turn. ", params=SHORT)
         started = heard.until(ws, "turn.started")
-        wait_until(
-            lambda: stack.client.get(f"/v1/jobs/{started['job_id']}").json()["status"] == "running",
-            timeout=30,
-            what="the live turn to start",
-        )
+        assert stack.client.get(f"/v1/jobs/{started['job_id']}").json()["status"] == "queued"
     job = stack.wait_job(started["job_id"], timeout=60)
     assert job["status"] == "cancelled", job["error"]
     turn = get_turn(stack, cid, started["turn_id"])
     assert turn["status"] == "cancelled" and turn["audio_url"] is None
+    stack.client.delete(f"/v1/jobs/{ahead['job_id']}")
 
 
 def test_bad_messages_get_an_error_and_the_socket_stays_usable(stack: Stack) -> None:
@@ -210,8 +208,8 @@ def test_bad_messages_get_an_error_and_the_socket_stays_usable(stack: Stack) -> 
         send(ws, type="end")
         assert heard.until(ws, "error")["code"] == "empty_text"
         send(ws, type="text", text="A good turn.", params=SHORT)
-        tid = heard.until(ws, "turn.started")["turn_id"]
         send(ws, type="end")
+        tid = heard.until(ws, "turn.started")["turn_id"]
         send(ws, type="text", text="More for it.", turn_id=tid)
         assert heard.until(ws, "error")["code"] == "turn_ended"
         done = heard.until(ws, "turn.done")
@@ -234,3 +232,22 @@ def test_live_turns_wait_their_place_behind_rest_turns(stack: Stack) -> None:
     second = stack.client.get(f"/v1/jobs/{started['job_id']}").json()
     assert first["status"] == second["status"] == "succeeded"
     assert first["finished_at"] <= second["started_at"]
+
+
+def test_a_turn_whose_client_goes_quiet_ends(make_stack: Callable[..., Stack]) -> None:
+    """A turn whose client sends nothing for live_text_idle_s ends with what was spoken; the
+    text still pending is said not spoken, and the next text opens the next turn."""
+    stack = make_stack("sqlite", live_text_idle_s=1)
+    cid = stack.conversation()
+    heard = Heard()
+    with stack.client.websocket_connect(f"/v1/conversations/{cid}/live") as ws:
+        send(ws, type="text", text="This one is spoken. But this one", params=SHORT)
+        quiet = heard.until(ws, "turn.done")
+        error = heard.until(ws, "error")
+        send(ws, type="text", text="A new turn.", params=SHORT)
+        send(ws, type="end")
+        after = heard.until(ws, "turn.done")
+    assert quiet["status"] == "succeeded" and quiet["frames"] == 3
+    assert quiet["text"] == "This one is spoken."
+    assert error["code"] == "turn_ended" and "But this one" in error["message"]
+    assert after["status"] == "succeeded" and after["text"] == "A new turn."
