@@ -68,6 +68,13 @@ def wav_bytes(pcm: bytes, sample_rate: int, num_channels: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def _error_code(r: httpx.Response) -> str | None:
+    try:
+        return str(r.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _describe(r: httpx.Response) -> str:
     try:
         error = r.json()["error"]
@@ -127,6 +134,7 @@ class ParleyConversation:
         self._tail: asyncio.Task[Any] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str | None:
@@ -211,7 +219,7 @@ class ParleyConversation:
         """Stop a job of this conversation: the bot was interrupted. A job that has finished
         already is left as it is. (Today: ``DELETE /v1/jobs/{id}``, which cancels the turn.)"""
         r = await self._http.delete(f"/v1/jobs/{job_id}")
-        if r.status_code == 409 and r.json().get("error", {}).get("code") == "job_finished":
+        if r.status_code == 409 and _error_code(r) == "job_finished":
             return
         if r.status_code != 200:
             raise ParleyError(f"interrupting job {job_id}: {_describe(r)}")
@@ -235,9 +243,13 @@ class ParleyConversation:
 
     async def aclose(self) -> None:
         """Wait for the posts asked for (a caller's last turn included), then close the client.
-        Safe to call more than once; the conversation stays on the server."""
-        if self._closed:
-            return
+        Safe to call more than once, and from both processors; the conversation stays on the
+        server."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self._tail is not None:
             await asyncio.wait([self._tail])
         if self._background:
