@@ -3,7 +3,9 @@ transport: frames are queued into a ``PipelineWorker`` and run through ``ParleyU
 ``ParleyTTSService`` against a live Parley (uvicorn and a real worker on the tiny checkpoint).
 The caller's turn lands in the conversation before the bot's reply, with its own audio and
 transcript, encoded; the audio frames the pipeline emits are the bot turn's stored audio, byte
-for byte; an interruption stops the bot's turn on the server and no audio follows it."""
+for byte; an interruption stops the bot's turn on the server and no audio follows it; and with
+Pipecat's own user aggregator in the pipeline, its end of the user's turn posts the caller's
+turn and the caller speaking over the bot interrupts it."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterruptionFrame,
+    LLMContextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
@@ -31,7 +34,16 @@ from pipecat.frames.frames import (
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMUserAggregator,
+    LLMUserAggregatorParams,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
+    SpeechTimeoutUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
 from parley.pipecat import ParleyConversation, ParleyTTSService, ParleyUserTurns, wav_bytes
@@ -84,13 +96,12 @@ class Call:
     """One call: a pipeline of ParleyUserTurns → ParleyTTSService → Sink, run by a WorkerRunner
     (no transport), with frames queued at its start."""
 
-    def __init__(self, conversation: ParleyConversation) -> None:
+    def __init__(self, conversation: ParleyConversation, *middle: FrameProcessor) -> None:
         self.conversation = conversation
         self.tts = ParleyTTSService(conversation=conversation)
         self.sink = Sink()
-        pipeline = Pipeline(
-            [ParleyUserTurns(conversation, pre_roll_s=PRE_ROLL_S), self.tts, self.sink]
-        )
+        user_turns = ParleyUserTurns(conversation, pre_roll_s=PRE_ROLL_S)
+        pipeline = Pipeline([user_turns, *middle, self.tts, self.sink])
         self.worker = PipelineWorker(
             pipeline,
             params=PipelineParams(audio_in_sample_rate=IN_RATE, audio_out_sample_rate=24_000),
@@ -238,3 +249,49 @@ def test_an_interruption_stops_the_bots_turn_and_its_audio(stack: Stack, server:
     assert job["progress"]["frames"] < RUNNING_MS // 80
     assert next_turn["status"] == "succeeded"
     assert b"".join(f.audio for f in after) == stored_pcm(stack, cid, next_turn["id"])
+
+
+def test_pipecats_user_aggregator_ends_the_callers_turn_and_barges_in(
+    stack: Stack, server: str
+) -> None:
+    """With Pipecat's own user aggregator after ParleyUserTurns (as in a bot), the aggregator's
+    end of the user's turn (sent upstream) posts the caller's turn before the LLM is asked, and
+    the caller speaking over the bot interrupts the bot's turn."""
+    speech = pcm16(chirp(0.6, IN_RATE, seed=3))
+    question, answer = "What time is it?", "It is late, and it goes on and on."
+
+    async def call() -> tuple[ParleyConversation, list[Frame], dict[str, Any]]:
+        conversation = ParleyConversation(
+            server, params={"temperature": 0, "max_audio_length_ms": RUNNING_MS}
+        )
+        stop = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.2)
+        aggregator = LLMUserAggregator(
+            LLMContext(),
+            params=LLMUserAggregatorParams(user_turn_strategies=UserTurnStrategies(stop=[stop])),
+        )
+        async with Call(conversation, aggregator) as c:
+            await c.send(VADUserStartedSpeakingFrame(), *audio_frames(speech))
+            await c.send(TranscriptionFrame(question, "caller", "2026-01-01T00:00:00Z"))
+            await c.send(VADUserStoppedSpeakingFrame())
+            await c.sink.wait_for(LLMContextFrame)  # the aggregator asks the LLM: we answer
+            await c.send(TTSSpeakFrame(answer))
+            await c.sink.wait_for(TTSAudioRawFrame)
+            await c.send(VADUserStartedSpeakingFrame(), *audio_frames(speech[:6400]))
+            # The aggregator interrupts at each start of the user's turn: this is the second.
+            await c.sink.wait_for(InterruptionFrame, 2)
+            cid = conversation.id
+            assert cid is not None
+            turns = stack.client.get(f"/v1/conversations/{cid}/turns").json()
+            job = stack.client.get(f"/v1/jobs/{turns[1]['job_id']}").json()
+            await asyncio.sleep(0.5)
+        return conversation, c.sink.frames, job
+
+    conversation, frames, job = asyncio.run(call())
+    cid = conversation.id
+    assert cid is not None
+    user, bot = finished_turns(stack, cid, 2)
+    assert (user["source"], user["text"], user["status"]) == ("provided", question, "succeeded")
+    assert (bot["source"], bot["text"], bot["status"]) == ("generated", answer, "cancelled")
+    assert job["status"] == "cancelled", job
+    cut = max(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
+    assert not any(isinstance(f, TTSAudioRawFrame) for f in frames[cut:])
