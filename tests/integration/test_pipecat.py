@@ -23,6 +23,7 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InterruptionFrame,
     LLMContextFrame,
+    StartFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
@@ -66,7 +67,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
 
 
 class Sink(FrameProcessor):
-    """The end of the pipeline: every frame that comes out, in order."""
+    """The end of the pipeline: every frame that comes out after the StartFrame, in order (a
+    StartFrame's repr reads its deprecated fields, and pipecat warns of it)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,7 +77,7 @@ class Sink(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM:
+        if direction == FrameDirection.DOWNSTREAM and not isinstance(frame, StartFrame):
             self.frames.append(frame)
             self.changed.set()
         await self.push_frame(frame, direction)
