@@ -44,6 +44,15 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
+__all__ = [
+    "CallerAudio",
+    "ParleyConversation",
+    "ParleyError",
+    "ParleyTTSService",
+    "ParleyUserTurns",
+    "wav_bytes",
+]
+
 PARLEY_SAMPLE_RATE = 24_000  # Parley's audio: 16-bit mono PCM at 24 kHz
 MODEL = "csm-1b"
 
@@ -418,7 +427,6 @@ class ParleyTTSService(TTSService):
             sample_rate=sample_rate, push_start_frame=True, push_stop_frames=True, **kwargs
         )
         self._conversation = conversation
-        self._parley_resampler = create_stream_resampler()
         self._jobs: dict[str, str] = {}  # context id -> the job of its turn being spoken
 
     @property
@@ -458,6 +466,9 @@ class ParleyTTSService(TTSService):
     async def _frames(
         self, chunks: AsyncIterator[bytes], context_id: str
     ) -> AsyncGenerator[TTSAudioRawFrame, None]:
+        """The stream's PCM as audio frames, one per chunk (an 80 ms Mimi frame as the server
+        sends it), resampled to the service's rate when that is not Parley's."""
+        resampler = create_stream_resampler() if self.sample_rate != PARLEY_SAMPLE_RATE else None
         spare = b""
         async for chunk in chunks:
             pcm, spare = spare + chunk, b""
@@ -466,11 +477,14 @@ class ParleyTTSService(TTSService):
             if not pcm:
                 continue
             await self.stop_ttfb_metrics()
-            if self.sample_rate != PARLEY_SAMPLE_RATE:
-                pcm = await self._parley_resampler.resample(
-                    pcm, PARLEY_SAMPLE_RATE, self.sample_rate
-                )
-            yield TTSAudioRawFrame(pcm, self.sample_rate, 1, context_id=context_id)
+            if resampler is not None:
+                pcm = await resampler.resample(pcm, PARLEY_SAMPLE_RATE, self.sample_rate)
+            if pcm:
+                yield TTSAudioRawFrame(pcm, self.sample_rate, 1, context_id=context_id)
+        if resampler is not None:  # the end of the turn: what the filter still holds
+            tail = await resampler.flush()
+            if tail:
+                yield TTSAudioRawFrame(tail, self.sample_rate, 1, context_id=context_id)
 
     async def on_audio_context_interrupted(self, context_id: str) -> None:
         await super().on_audio_context_interrupted(context_id)

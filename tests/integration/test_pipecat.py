@@ -98,9 +98,11 @@ class Call:
     """One call: a pipeline of ParleyUserTurns → ParleyTTSService → Sink, run by a WorkerRunner
     (no transport), with frames queued at its start."""
 
-    def __init__(self, conversation: ParleyConversation, *middle: FrameProcessor) -> None:
+    def __init__(
+        self, conversation: ParleyConversation, *middle: FrameProcessor, out_rate: int = 24_000
+    ) -> None:
         self.conversation = conversation
-        self.tts = ParleyTTSService(conversation=conversation)
+        self.tts = ParleyTTSService(conversation=conversation, sample_rate=out_rate)
         self.sink = Sink()
         user_turns = ParleyUserTurns(conversation, pre_roll_s=PRE_ROLL_S)
         pipeline = Pipeline([user_turns, *middle, self.tts, self.sink])
@@ -297,3 +299,21 @@ def test_pipecats_user_aggregator_ends_the_callers_turn_and_barges_in(
     assert job["status"] == "cancelled", job
     cut = max(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
     assert not any(isinstance(f, TTSAudioRawFrame) for f in frames[cut:])
+
+
+def test_audio_at_another_rate_is_resampled(stack: Stack, server: str) -> None:
+    async def call() -> tuple[ParleyConversation, list[Frame]]:
+        conversation = ParleyConversation(server, params=SHORT)
+        async with Call(conversation, out_rate=16_000) as c:
+            await c.send(TTSSpeakFrame("At sixteen kilohertz."))
+            await c.sink.wait_for(TTSStoppedFrame)
+        return conversation, c.sink.frames
+
+    conversation, frames = asyncio.run(call())
+    assert conversation.id is not None
+    (turn,) = finished_turns(stack, conversation.id, 1)
+    stored = len(stored_pcm(stack, conversation.id, turn["id"])) // 2
+    audio = [f for f in frames if isinstance(f, TTSAudioRawFrame)]
+    assert {(f.sample_rate, f.num_channels) for f in audio} == {(16_000, 1)}
+    heard = sum(f.num_frames for f in audio)
+    assert abs(heard - stored * 2 // 3) <= 2  # the whole turn, its tail flushed
