@@ -278,11 +278,13 @@ class CallerAudio:
     Between turns it keeps the last ``pre_roll_s`` of audio (a VAD reports speech a little
     after it starts). :meth:`start` opens a turn with that audio; :meth:`speech_stopped` marks
     where the caller's speech ended (audio after it is left out unless the caller speaks
-    again: :meth:`speech_started`); :meth:`finish` hands the turn's audio over.
+    again: :meth:`speech_started`); :meth:`finish` hands the turn's audio over. A turn keeps
+    at most its last ``max_turn_s`` (Parley's default upload limit is 120 s).
     """
 
-    def __init__(self, pre_roll_s: float = 0.5) -> None:
+    def __init__(self, pre_roll_s: float = 0.5, max_turn_s: float = 120.0) -> None:
         self.pre_roll_s = pre_roll_s
+        self.max_turn_s = max_turn_s
         self.sample_rate = 0
         self.num_channels = 0
         self.capturing = False
@@ -297,9 +299,12 @@ class CallerAudio:
             self.sample_rate, self.num_channels = sample_rate, num_channels
             self._pcm.clear()
         self._pcm += pcm
-        if not self.capturing:
-            keep = int(self.pre_roll_s * sample_rate) * 2 * num_channels
-            del self._pcm[: max(0, len(self._pcm) - keep)]
+        seconds = self.max_turn_s if self.capturing else self.pre_roll_s
+        drop = len(self._pcm) - int(seconds * sample_rate) * 2 * num_channels
+        if drop > 0:  # only the last max_turn_s of a turn that never ends is kept
+            del self._pcm[:drop]
+            if self._speech_end is not None:
+                self._speech_end = max(0, self._speech_end - drop)
 
     def start(self) -> None:
         """The user's turn began (the audio kept from before it is its start)."""
@@ -339,11 +344,23 @@ class ParleyUserTurns(FrameProcessor):
     """
 
     def __init__(
-        self, conversation: ParleyConversation, *, pre_roll_s: float = 0.5, **kwargs: Any
+        self,
+        conversation: ParleyConversation,
+        *,
+        pre_roll_s: float = 0.5,
+        max_turn_s: float = 120.0,
+        **kwargs: Any,
     ) -> None:
+        """
+        Args:
+            conversation: the call's conversation (shared with :class:`ParleyTTSService`).
+            pre_roll_s: seconds of audio from before the start of a turn that go with it.
+            max_turn_s: a turn keeps at most its last this many seconds of audio.
+            **kwargs: FrameProcessor's own arguments.
+        """
         super().__init__(**kwargs)
         self._conversation = conversation
-        self._audio = CallerAudio(pre_roll_s)
+        self._audio = CallerAudio(pre_roll_s, max_turn_s)
         self._texts: list[str] = []
         self._held: tuple[bytes, int, int] | None = None  # a finished turn awaiting its text
         self._posts: set[asyncio.Task[Any]] = set()

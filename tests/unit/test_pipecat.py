@@ -77,3 +77,12 @@ def test_the_pre_roll_keeps_whole_frames_of_every_channel() -> None:
     audio.add(pcm([1, 2, 3, 4, 5, 6]), 1000, 2)
     audio.start()
     assert audio.finish() == pcm([5, 6])
+
+
+def test_a_turn_that_never_ends_keeps_only_its_last_max_turn_s() -> None:
+    audio = CallerAudio(pre_roll_s=0, max_turn_s=0.003)  # 3 samples at 1 kHz
+    audio.start()
+    audio.add(pcm([1, 2]), 1000, 1)
+    audio.speech_stopped()  # after sample 2
+    audio.add(pcm([0, 0]), 1000, 1)  # sample 1 goes; the speech end moves with it
+    assert audio.finish() == pcm([2])
