@@ -1,11 +1,13 @@
 """The dependency rules between Parley's packages, read from the source: ``api`` → ``shared`` ←
 ``worker``, with ``parley`` (the command line) as the composition root above them all; torch and
 transformers only in ``worker``; at most 10 loose modules at the top of ``shared/`` and ``api/``
-(the rest live in packages named for their role)."""
+(the rest live in packages named for their role); pipecat only in ``parley/pipecat.py``, the
+Pipecat extra, which is a client of the HTTP API and imports nothing of Parley's."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,11 @@ FORBIDDEN = {
     "api": {"worker", "parley", "bench", "tests", "torch", "transformers"},
     "worker": {"api", "parley", "bench", "tests"},
 }
+
+# The Pipecat extra: the one module that imports pipecat, and what else it may import besides
+# the standard library (loguru is pipecat's own logger).
+PIPECAT_EXTRA = "parley/pipecat.py"
+PIPECAT_EXTRA_MAY_IMPORT = {"httpx", "numpy", "pipecat", "loguru"}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -52,3 +59,18 @@ def test_the_rule_sees_an_import_inside_a_function(tmp_path: Path) -> None:
 def test_at_most_ten_loose_modules(package: str) -> None:
     loose = [p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"]
     assert len(loose) <= 10, sorted(loose)
+
+
+def test_only_the_pipecat_extra_imports_pipecat() -> None:
+    importers = {
+        str(path.relative_to(ROOT))
+        for package in ["api", "shared", "worker", "parley", "bench"]
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if "pipecat" in imported_roots(path)
+    }
+    assert importers == {PIPECAT_EXTRA}
+
+
+def test_the_pipecat_extra_is_only_a_client_of_the_http_api() -> None:
+    roots = imported_roots(ROOT / PIPECAT_EXTRA)
+    assert roots - sys.stdlib_module_names - PIPECAT_EXTRA_MAY_IMPORT == set()
