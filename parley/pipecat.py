@@ -225,9 +225,10 @@ class ParleyConversation:
             yield r.aiter_bytes()
 
     async def interrupt(self, job_id: str) -> None:
-        """Stop a job of this conversation: the bot was interrupted. A job that has finished
-        already is left as it is. (Today: ``DELETE /v1/jobs/{id}``, which cancels the turn.)"""
-        r = await self._http.delete(f"/v1/jobs/{job_id}")
+        """Stop a job of this conversation: the bot was interrupted (barge-in). Its turn keeps
+        what was already spoken, marked interrupted, as context for the next turn; a turn not
+        yet started is cancelled; a job that has finished already is left as it is."""
+        r = await self._http.post(f"/v1/jobs/{job_id}/interrupt")
         if r.status_code == 409 and _error_code(r) == "job_finished":
             return
         if r.status_code != 200:
