@@ -6,7 +6,9 @@ audio for a 100-frame turn.
 Service (real ``parley api`` + ``parley worker`` over HTTP): queue overhead POST → running
 (p50, p99), time to first streamed audio, polling requests/s; and N conversations at once
 against one worker with ``PARLEY_MAX_BATCH=16`` (frames/s and its ratio to N = 1, first audio
-p50/p99, the worker's CPU per frame by thread).
+p50/p99, the worker's CPU per frame by thread); voice agents' first audio (``bench.voice_agent``):
+a 4,096-character ``/v1/audio/speech`` input against a one-sentence one, and the live socket's
+first frame after a sentence completes against a REST turn's first audio.
 
 On a machine without a GPU it runs on the tiny random checkpoint; ``--arch csm-1b --device cuda``
 runs the engine part on the full-size csm-1b architecture with random weights in bf16.
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench import engine_bench, service_bench, service_concurrency
+from bench import engine_bench, service_bench, service_concurrency, voice_agent
 from bench.summary import print_and_save
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +70,8 @@ def run_service(args: argparse.Namespace) -> dict[str, Any]:
         out["polling"] = service_bench.polling_rate(
             str(client.base_url), out["queue"].pop("last_job_id"), clients=4, seconds=5
         )
+        if args.voice_agent_repeats:
+            out["voice_agent"] = voice_agent.measure(client, repeats=args.voice_agent_repeats)
     if args.concurrency:
         out["concurrency"] = service_concurrency.measure(
             sizes=args.concurrency, frames=100, rounds=args.concurrency_rounds, max_batch=16
@@ -168,6 +172,8 @@ def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{svc['sidecar']['conversation_api_ms_p50']:.0f})",
             ),
         ]
+        if "voice_agent" in svc:
+            rows += voice_agent.rows(svc["voice_agent"])
         if "concurrency" in svc:
             rows += _concurrency_rows(svc["concurrency"])
     return rows
@@ -190,6 +196,12 @@ def main() -> int:
         help="conversations at once against one worker (none: skip)",
     )
     parser.add_argument("--concurrency-rounds", type=int, default=2)
+    parser.add_argument(
+        "--voice-agent-repeats",
+        type=int,
+        default=5,
+        help="rounds of the voice-agent figures after a warm-up one (0: skip them)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     if args.device == "cpu":
