@@ -139,11 +139,15 @@ class LiveSession:
             turn.params = message.params  # not stored yet: the turn starts with this text
         turn.chars = chars
         segments = turn.buffer.feed(message.text)
-        if not segments:
-            return
-        if turn.turn_id is None:  # stored at its first complete sentence
-            await self._store(turn, " ".join(segments))
-        await self._send_text(turn, segments, end=False)
+        if turn.turn_id is None:
+            so_far = " ".join([*segments, turn.buffer.pending]).strip()
+            if not so_far:
+                return  # blank so far: nothing to store yet
+            # Stored (and its job sent) at its first text, so the worker is ready to speak the
+            # first sentence the moment it is complete.
+            await self._store(turn, so_far)
+        if segments:
+            await self._send_text(turn, segments, end=False)
 
     async def _end(self, message: EndMessage) -> None:
         self._check_turn_id(message.turn_id)

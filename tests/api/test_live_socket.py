@@ -55,41 +55,41 @@ def test_the_key_the_conversation_and_the_speaker_are_checked(stack: Stack) -> N
     with stack.client.websocket_connect(
         f"{path}?api_key={KEY}&speaker=2", headers={"Authorization": ""}
     ) as ws:
-        ws.send_text(json.dumps({"type": "text", "text": "Stored once its sentence ends. "}))
+        ws.send_text(json.dumps({"type": "text", "text": "Stored at once."}))
         started = receive_event(ws)
     assert started["type"] == "turn.started" and started["index"] == 0
     turn = stack.client.get(f"/v1/conversations/{cid}/turns/{started['turn_id']}").json()
     assert turn["live"] and turn["speaker"] == 2 and turn["segments"] == []
 
 
-def test_a_turn_is_stored_at_its_first_complete_sentence(stack: Stack) -> None:
+def test_a_turn_is_stored_at_its_first_text_that_is_not_blank(stack: Stack) -> None:
     cid = stack.conversation()
     turns = f"/v1/conversations/{cid}/turns"
     with stack.client.websocket_connect(f"/v1/conversations/{cid}/live") as ws:
         ws.send_text(json.dumps({"type": "text", "text": "  "}))
+        ws.send_text(json.dumps({"type": "text", "text": "x" * 5000, "params": {"seed": 1}}))
+        assert receive_event(ws)["code"] == "text_too_long"  # refused: its params are not kept
         ws.send_text(json.dumps({"type": "text", "text": "Hi", "params": {"temperature": 3}}))
         error = receive_event(ws)
         assert error["code"] == "invalid_message" and "temperature" in error["message"]
+        assert stack.client.get(turns).json() == []
         ws.send_text(json.dumps({"type": "text", "text": "Hi", "params": {"seed": 5}}))
-        ws.send_text(json.dumps({"type": "text", "text": " there"}))
-        ws.send_text(json.dumps({"type": "text", "text": "nope", "turn_id": "nope"}))
-        assert receive_event(ws)["code"] == "unknown_turn"
-        assert stack.client.get(turns).json() == []  # no sentence has ended yet
-        ws.send_text(json.dumps({"type": "text", "text": ". And"}))
-        ws.send_text(json.dumps({"type": "text", "text": " more"}))
         started = receive_event(ws)
         assert started["type"] == "turn.started"
+        ws.send_text(json.dumps({"type": "text", "text": " there. And", "turn_id": "nope"}))
+        assert receive_event(ws)["code"] == "unknown_turn"
+        ws.send_text(
+            json.dumps({"type": "text", "text": " there. And", "turn_id": started["turn_id"]})
+        )
+        ws.send_text(json.dumps({"type": "text", "text": " more"}))
     turn = stack.client.get(f"{turns}/{started['turn_id']}").json()
-    assert turn["params"]["seed"] == 5 and turn["text"] == "Hi there."
+    assert turn["params"]["seed"] == 5 and turn["text"] == "Hi"
     # The socket closed with its turn open: the turn was cancelled (no worker ever ran it).
     job = stack.client.get(f"/v1/jobs/{started['job_id']}").json()
     assert job["status"] == "cancelled"
-    texts = [
-        f[b"text"].decode()
-        for _, f in stack.redis.xrange(stack.keys.job_text(job["id"]))
-        if b"text" in f
-    ]
-    assert texts == ["Hi there."]  # " And more" never became a sentence: never sent
+    stream = stack.redis.xrange(stack.keys.job_text(job["id"]))
+    texts = [f[b"text"].decode() for _, f in stream if b"text" in f]
+    assert texts == ["Hi there."]  # "And more" never became a sentence: never sent
 
 
 def test_text_after_its_end_is_refused_and_not_appended(stack: Stack) -> None:
@@ -112,12 +112,12 @@ def test_text_past_the_limit_is_refused_and_nothing_is_taken(
     cid = stack.conversation()
     with stack.client.websocket_connect(f"/v1/conversations/{cid}/live") as ws:
         ws.send_text(json.dumps({"type": "text", "text": "Twelve chars"}))
+        assert receive_event(ws)["type"] == "turn.started"
         ws.send_text(json.dumps({"type": "text", "text": " and nine more"}))
         error = receive_event(ws)
         assert error["code"] == "text_too_long" and "the limit is 20" in error["message"]
         ws.send_text(json.dumps({"type": "text", "text": "!"}))
         ws.send_text(json.dumps({"type": "end"}))
-        assert receive_event(ws)["type"] == "turn.started"
     stream = stack.redis.xrange(
         stack.keys.job_text(stack.client.get(f"/v1/conversations/{cid}/turns").json()[0]["job_id"])
     )

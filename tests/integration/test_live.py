@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import WebSocketTestSession
 
 from shared.redis_io.context import ContextStore
-from tests.stack import RUNNING_MS, Stack, running_stack
+from tests.stack import RUNNING_MS, Stack, running_stack, wait_until
 
 SHORT = {"max_audio_length_ms": 240, "temperature": 0}  # 3 frames a segment
 LONG = {"max_audio_length_ms": RUNNING_MS, "temperature": 0}  # runs until stopped
@@ -80,8 +80,8 @@ def test_text_in_audio_out_speaking_before_the_text_is_whole(stack: Stack) -> No
     heard = Heard()
     with stack.client.websocket_connect(f"/v1/conversations/{cid}/live?speaker=1") as ws:
         send(ws, type="text", text="Hello there", params=SHORT)
+        started = heard.until(ws, "turn.started")  # stored at its first text
         send(ws, type="text", text=". How are")
-        started = heard.until(ws, "turn.started")  # stored at its first complete sentence
         # The first sentence is complete: its audio comes while the turn's text is not.
         heard.until_audio(ws)
         first = heard.until(ws, "segment.done")
@@ -235,19 +235,42 @@ def test_live_turns_wait_their_place_behind_rest_turns(stack: Stack) -> None:
 
 
 def test_a_turn_whose_client_goes_quiet_ends(make_stack: Callable[..., Stack]) -> None:
-    """A turn whose client sends nothing for live_text_idle_s ends with what was spoken; the
-    text still pending is said not spoken, and the next text opens the next turn."""
+    """A turn whose client sends nothing for live_text_idle_s ends with what was spoken (failed
+    live_text_idle when nothing was); the text still pending is said not spoken, and the next
+    text opens the next turn."""
     stack = make_stack("sqlite", live_text_idle_s=1)
     cid = stack.conversation()
     heard = Heard()
     with stack.client.websocket_connect(f"/v1/conversations/{cid}/live") as ws:
+        send(ws, type="text", text="No sentence end here", params=SHORT)
+        nothing = heard.until(ws, "turn.done")
+        assert heard.until(ws, "error")["code"] == "turn_ended"
         send(ws, type="text", text="This one is spoken. But this one", params=SHORT)
         quiet = heard.until(ws, "turn.done")
         error = heard.until(ws, "error")
         send(ws, type="text", text="A new turn.", params=SHORT)
         send(ws, type="end")
         after = heard.until(ws, "turn.done")
+    assert nothing["status"] == "failed" and nothing["error"]["code"] == "live_text_idle"
     assert quiet["status"] == "succeeded" and quiet["frames"] == 3
     assert quiet["text"] == "This one is spoken."
     assert error["code"] == "turn_ended" and "But this one" in error["message"]
     assert after["status"] == "succeeded" and after["text"] == "A new turn."
+
+
+def test_a_dropped_socket_before_any_audio_cancels_its_turn(stack: Stack) -> None:
+    """A running turn whose text never completed a sentence has spoken nothing: cancelled."""
+    cid = stack.conversation()
+    heard = Heard()
+    with stack.client.websocket_connect(f"/v1/conversations/{cid}/live") as ws:
+        send(ws, type="text", text="No sentence end here", params=LONG)
+        started = heard.until(ws, "turn.started")
+        wait_until(
+            lambda: stack.client.get(f"/v1/jobs/{started['job_id']}").json()["status"] == "running",
+            timeout=30,
+            what="the live turn to start",
+        )
+    job = stack.wait_job(started["job_id"], timeout=60)
+    assert job["status"] == "cancelled", job["error"]
+    turn = get_turn(stack, cid, started["turn_id"])
+    assert turn["status"] == "cancelled" and turn["audio_url"] is None
