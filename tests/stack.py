@@ -31,6 +31,9 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 # near the model's 2048 positions. The tiny model makes a frame in a few ms, so a 375-frame
 # turn can end in about a second, before a slow (shared, busy) test process gets to act.
 RUNNING_MS = 150_000
+# One segment (219 characters; a longer text is cut into segments) whose text and a RUNNING_MS
+# budget are past the model's 2048 positions: the engine refuses it, prompt_too_long.
+TOO_LONG_TEXT = " ".join(["word"] * 44)
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:

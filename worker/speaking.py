@@ -132,9 +132,10 @@ def speak(rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming) -> Spoken:
             status = SegmentStatus.TRUNCATED if ran_out and not silent else SegmentStatus.DONE
             if silent:
                 log.info(
-                    "job %s: segment %d ended in silence; %d silent frames cut",
+                    "job %s: segment %d: silent tail after %d frames; %d silent frames cut",
                     plan.job_id,
                     index,
+                    turn.generated - generated,
                     guard.dropped_frames if guard else 0,
                 )
         segment = Segment(text, turn.kept - kept, status)

@@ -11,7 +11,7 @@ import numpy as np
 from shared.audio.containers import FRAME_SAMPLES, SAMPLE_RATE
 from tests.expected import expected_codes, served_codes
 from tests.sounds import audio_file, chirp, read
-from tests.stack import Stack
+from tests.stack import RUNNING_MS, TOO_LONG_TEXT, Stack
 
 
 def _audio(stack: Stack, cid: str, tid: str, fmt: str) -> tuple[np.ndarray, int, int]:
@@ -84,9 +84,9 @@ def test_conversation_end_to_end(stack: Stack, engine: Any) -> None:
 def test_failed_job_has_a_reason_and_the_conversation_goes_on(stack: Stack, engine: Any) -> None:
     cid = stack.conversation()
     first = stack.say(cid, 0, "A normal first turn.")
-    # The text passes the API's character limit but not the model's 2048-position budget:
-    # the engine refuses it, the job fails with its reason.
-    too_long = stack.say(cid, 1, "word " * 900)
+    # The text passes the API's character limit but not the model's 2048-position budget (a
+    # segment with its audio budget): the engine refuses it, the job fails with its reason.
+    too_long = stack.say(cid, 1, TOO_LONG_TEXT, max_audio_length_ms=RUNNING_MS)
     after = stack.say(cid, 0, "And the conversation goes on.")
     assert stack.wait_job(first["job_id"])["status"] == "succeeded"
     failed = stack.wait_job(too_long["job_id"])

@@ -19,7 +19,7 @@ import httpx
 from redis import Redis
 
 from tests.servers import free_port
-from tests.stack import REDIS_URL, Stack, database
+from tests.stack import REDIS_URL, RUNNING_MS, TOO_LONG_TEXT, Stack, database
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -154,7 +154,7 @@ def test_worker_json_logs_carry_the_job_id(make_stack: Callable[..., Stack]) -> 
     cid = stack.conversation()
     ok = stack.say(cid, 0, "A turn that is stored.")
     # passes the API's character limit, not the model's 2048 positions: fails with a traceback
-    bad = stack.say(cid, 1, "word " * 900)
+    bad = stack.say(cid, 1, TOO_LONG_TEXT, max_audio_length_ms=RUNNING_MS)
     assert stack.wait_job(ok["job_id"])["status"] == "succeeded"
     assert stack.wait_job(bad["job_id"])["status"] == "failed"
     stack.stop_workers()

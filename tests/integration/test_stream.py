@@ -24,7 +24,7 @@ from tests.decoding import assert_length, decoded
 from tests.expected import expected_codes, served_codes
 from tests.http_server import serve
 from tests.sounds import audio_file, chirp
-from tests.stack import RUNNING_MS, Stack
+from tests.stack import RUNNING_MS, TOO_LONG_TEXT, Stack
 
 CHUNK_BYTES = 2 * FRAME_SAMPLES  # one frame of 16-bit PCM
 LONG_MS = 30_000  # 375 frames: a turn that runs for about a second or more on the tiny model
@@ -285,7 +285,7 @@ def test_cancelled_turns_end_their_streams(stack: Stack, server: str) -> None:
 
 def test_failed_turn_is_409(stack: Stack, server: str) -> None:
     cid = stack.conversation()
-    too_long = stack.say(cid, 0, "word " * 900)  # past the model's 2048 positions
+    too_long = stack.say(cid, 0, TOO_LONG_TEXT, max_audio_length_ms=RUNNING_MS)
     # Opened at once (most likely before the job fails): 409 once the failure is known.
     listener = Listener(server, stream_path(cid, too_long["id"])).start().join()
     assert listener.status == 409 and b'"turn_failed"' in listener.body
