@@ -48,3 +48,46 @@ def test_a_reader_takes_no_chunk_after_lost_entries(own_redis: OwnRedis) -> None
     sync.close()
     assert body == b"abcd"  # a prefix of the turn; the listener is completed from SQL
     assert (gap, end, total) == (True, "succeeded", 8)
+
+
+def test_a_read_stops_at_each_segment_mark(own_redis: OwnRedis) -> None:
+    """A segment's mark follows its chunks; a read returns the audio before it with the mark,
+    so a listener can say a segment has ended right after its last sample."""
+    import asyncio
+
+    from redis.asyncio import Redis as AsyncRedis
+
+    from shared.contract.segments import Segment, SegmentStatus
+    from shared.redis_io.audio_stream import AudioStreamWriter, end_stream
+
+    sync = Redis.from_url(own_redis.url)
+    key = "t:job:2:audio"
+    writer = AudioStreamWriter(sync, key, maxlen=100)
+    at = 0
+    for index, (text, chunks) in enumerate([("One.", [b"aa", b"bb"]), ("Two.", [b"cc"])]):
+        for chunk in chunks:
+            pipe = sync.pipeline()
+            writer.add_chunk(pipe, chunk, at=at)
+            pipe.execute()
+            at += len(chunk)
+        writer.mark_segment(index, Segment(text, len(chunks), SegmentStatus.DONE), at=at)
+    end_stream(sync, key, "succeeded", total_bytes=at)
+
+    async def read_all() -> list[tuple[bytes, Any, Any]]:
+        client = AsyncRedis.from_url(own_redis.url)
+        reader = AudioStreamReader(client, key)
+        reads = []
+        while reader.end is None:
+            got = await reader.read(block_ms=100)
+            mark = None if got.segment is None else (got.segment.index, got.segment.segment)
+            reads.append((got.pcm, mark, got.end))
+        await client.aclose()
+        return reads
+
+    reads = asyncio.run(read_all())
+    sync.close()
+    assert reads == [
+        (b"aabb", (0, Segment("One.", 2, SegmentStatus.DONE)), None),
+        (b"cc", (1, Segment("Two.", 1, SegmentStatus.DONE)), None),
+        (b"", None, "succeeded"),
+    ]

@@ -24,3 +24,28 @@ def test_newest_turn_too_big_gives_empty_window() -> None:
 
 def test_exact_fit() -> None:
     assert select_window([5, 5], budget=10) == 2
+
+
+def test_a_turn_spoken_in_segments_is_context_piece_by_piece() -> None:
+    """A stored turn's spoken segments split its codes (the frames say where); a turn without
+    segments, or whose segments do not add up to its codes, is one piece."""
+    import numpy as np
+
+    from shared.redis_io.context import ContextEntry, spoken_segments
+
+    codes = np.arange(5 * 4).reshape(5, 4)
+    stored = [
+        {"text": "One.", "frames": 2, "status": "done"},
+        {"text": "Two.", "frames": 3, "status": "interrupted"},
+        {"text": "Three.", "frames": 0, "status": "dropped"},
+    ]
+    entry = ContextEntry("t", 0, 1, "One. Two. Three.", codes, spoken_segments(stored))
+    again = ContextEntry.from_bytes(entry.to_bytes())  # through the Redis cache
+    for e in (entry, again):
+        pieces = e.pieces()
+        assert [text for text, _ in pieces] == ["One.", "Two."]
+        assert np.array_equal(np.concatenate([c for _, c in pieces]), codes)
+    whole = ContextEntry("t", 0, 1, "All of it.", codes)
+    assert [text for text, _ in whole.pieces()] == ["All of it."]
+    odd = ContextEntry("t", 0, 1, "All of it.", codes, (("One.", 2),))
+    assert [text for text, _ in odd.pieces()] == ["All of it."]
