@@ -41,6 +41,7 @@ from api.services import job_control
 from api.services.stream_audio import LiveAudio
 from api.services.turn_intake import describe_validation_error, store_generated
 from shared.contract.segments import SegmentStatus, segments_from_json
+from shared.contract.states import JobStatus
 from shared.db.models import Job, Turn
 from shared.errors import Conflict, InvalidInput, ParleyError
 from shared.redis_io.live_text import append_text
@@ -302,6 +303,12 @@ class LiveSession:
             }
             if job.error_code:
                 fields["error"] = {"code": job.error_code, "message": job.error_message or ""}
+            elif not JobStatus(job.status).finished:  # its worker stopped mid-turn
+                fields["error"] = {
+                    "code": "worker_lost",
+                    "message": f"turn {turn_id}'s worker stopped while it spoke; recovery runs "
+                    f"it again from its start (see GET /v1/jobs/{job_id}), not on this socket",
+                }
             return event("turn.done", **fields)
 
     async def _error(self, code: str, message: str) -> None:

@@ -274,3 +274,25 @@ def test_a_dropped_socket_before_any_audio_cancels_its_turn(stack: Stack) -> Non
     assert job["status"] == "cancelled", job["error"]
     turn = get_turn(stack, cid, started["turn_id"])
     assert turn["status"] == "cancelled" and turn["audio_url"] is None
+
+
+def test_a_turn_whose_worker_dies_is_done_with_worker_lost(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """The socket hears what the dead worker sent, then turn.done says worker_lost (recovery
+    runs the turn again later, as for a REST turn; the socket stays usable)."""
+    stack = make_stack("sqlite")  # a stack of its own: its worker is killed
+    cid = stack.conversation()
+    heard = Heard()
+    with stack.client.websocket_connect(f"/v1/conversations/{cid}/live") as ws:
+        send(ws, type="text", text="A turn whose worker dies. ", params=LONG)
+        send(ws, type="end")
+        started = heard.until(ws, "turn.started")
+        heard.until_audio(ws)
+        stack.workers[0].kill()
+        done = heard.until(ws, "turn.done")
+        send(ws, type="end")
+        assert heard.until(ws, "error")["code"] == "no_turn"  # still answering
+    assert done["turn_id"] == started["turn_id"] and done["status"] == "running"
+    assert done["error"]["code"] == "worker_lost"
+    assert 0 < len(heard.audio) < RUNNING_MS // 80 * 3840
