@@ -9,7 +9,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from api.schemas.core import ConversationOut, ErrorBody, JobOut, SegmentOut, TurnOut, VoiceOut
-from shared.contract.segments import SegmentStatus, segments_from_json
+from shared.contract.segments import interrupted, segments_from_json, truncated
 from shared.db.models import Conversation, Job, JobStatus, Turn, Voice, VoiceStatus
 from shared.redis_io.keys import RedisKeys
 from shared.services.voices import SERVER_OWNER
@@ -61,7 +61,6 @@ def voice_out(voice: Voice) -> VoiceOut:
 def turn_out(turn: Turn) -> TurnOut:
     has_audio = turn.status == JobStatus.SUCCEEDED or turn.source == "provided"
     segments = None if turn.segments is None else segments_from_json(turn.segments)
-    statuses = {segment.status for segment in segments or []}
     return TurnOut(
         id=turn.id,
         conversation_id=turn.conversation_id,
@@ -77,8 +76,8 @@ def turn_out(turn: Turn) -> TurnOut:
         sample_rate=turn.sample_rate,
         audio_url=audio_url(turn.conversation_id, turn.id) if has_audio else None,
         segments=None if segments is None else [SegmentOut(**s.to_json()) for s in segments],
-        truncated=SegmentStatus.TRUNCATED in statuses,
-        interrupted=bool(statuses & {SegmentStatus.INTERRUPTED, SegmentStatus.DROPPED}),
+        truncated=truncated(segments or []),
+        interrupted=interrupted(segments or []),
         live=bool(turn.live),
         created_at=turn.created_at,
     )

@@ -144,6 +144,14 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def _first_chunk(response: httpx.Response, what: str) -> tuple[float, int]:
+    """When the first audio of ``response`` came (perf_counter) and its length."""
+    for chunk in response.iter_bytes():
+        if chunk:
+            return time.perf_counter(), len(chunk)
+    raise RuntimeError(f"{what} ended before any audio")
+
+
 def _speech_first_audio(client: httpx.Client, text: str, seed: int) -> dict[str, Any]:
     """One ``/v1/audio/speech`` request, streamed as PCM in a new kept conversation: ms to its
     first audio byte; then the response is closed, the turn cancelled and the conversation
@@ -157,20 +165,12 @@ def _speech_first_audio(client: httpx.Client, text: str, seed: int) -> dict[str,
         "seed": seed,
     }
     t0 = time.perf_counter()
-    first = None
-    received = 0
     with client.stream(
         "POST", "/v1/audio/speech", json=body, headers={"X-Conversation-ID": "new"}
     ) as response:
         response.raise_for_status()
         cid, tid = response.headers["X-Conversation-ID"], response.headers["X-Conversation-Turn"]
-        for chunk in response.iter_bytes():
-            if chunk:
-                first = time.perf_counter()
-                received = len(chunk)
-                break
-    if first is None:
-        raise RuntimeError("the speech response ended before any audio")
+        first, received = _first_chunk(response, "the speech response")
     turn = client.get(f"/v1/conversations/{cid}/turns/{tid}").json()
     job = _stop(client, turn["job_id"])
     total = time.perf_counter() - t0
@@ -221,17 +221,9 @@ def _rest_first_audio(client: httpx.Client, text: str, seed: int) -> dict[str, A
     )
     r.raise_for_status()
     turn = r.json()
-    first = None
-    received = 0
     with client.stream("GET", f"/v1/conversations/{cid}/turns/{turn['id']}/stream?format=pcm") as s:
         s.raise_for_status()
-        for chunk in s.iter_bytes():
-            if chunk:
-                first = time.perf_counter()
-                received = len(chunk)
-                break
-    if first is None:
-        raise RuntimeError("the turn's stream ended before any audio")
+        first, received = _first_chunk(s, "the turn's stream")
     job = _stop(client, turn["job_id"])
     total = time.perf_counter() - t0
     client.delete(f"/v1/conversations/{cid}").raise_for_status()

@@ -56,12 +56,6 @@ class Spoken:
     text: str
     pcm_bytes: int
 
-    @property
-    def interrupted(self) -> bool:
-        """Whether an interrupt stopped it (some segment was cut or never spoken)."""
-        cut = (SegmentStatus.INTERRUPTED, SegmentStatus.DROPPED)
-        return any(segment.status in cut for segment in self.segments)
-
 
 def segment_frames(text: str, plan: JobPlan, settings: Settings) -> int:
     """A segment's most frames: the turn's ``max_audio_length_ms`` when given, else a budget
@@ -103,17 +97,13 @@ def speak(rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming) -> Spoken:
     )
     segments: list[Segment] = []
     texts: list[str] = []
+    own: list[ContextTurn] = []  # this turn's spoken segments, oldest first
     for index, text in enumerate(_segment_texts(rt, plan, turn)):
         texts.append(text)
         if turn.cancelled:  # interrupted before this segment began
             segments.append(Segment(text, 0, SegmentStatus.DROPPED))
             continue
         max_frames = segment_frames(text, plan, rt.settings)
-        own = [
-            ContextTurn(plan.speaker, s.text, turn.codes(at, at + s.frames))
-            for s, at in zip(segments, _starts(segments), strict=True)
-            if s.frames
-        ]
         window = _window(rt, plan, reference, own[::-1] + earlier, text, max_frames)
         guard = SilenceGuard.from_settings(rt.settings, frame_ms=audio.FRAME_MS)
         turn.start_segment(guard)
@@ -140,6 +130,8 @@ def speak(rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming) -> Spoken:
                 )
         segment = Segment(text, turn.kept - kept, status)
         segments.append(segment)
+        if segment.spoken:
+            own.append(ContextTurn(plan.speaker, text, turn.codes(kept, turn.kept)))
         if turn.streaming and status is not SegmentStatus.DROPPED:
             turn.mark_segment(index, segment)
     if turn.cancelled and not turn.interrupted:
@@ -158,14 +150,6 @@ def speak(rt: WorkerRuntime, plan: JobPlan, timing: TurnTiming) -> Spoken:
             code="empty_audio",
         )
     return Spoken(codes, pcm, segments, " ".join(texts), turn.pcm_bytes)
-
-
-def _starts(segments: list[Segment]) -> list[int]:
-    starts, at = [], 0
-    for segment in segments:
-        starts.append(at)
-        at += segment.frames
-    return starts
 
 
 def _segment_texts(rt: WorkerRuntime, plan: JobPlan, turn: TurnAudio) -> Iterator[str]:

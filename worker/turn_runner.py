@@ -24,7 +24,7 @@ from shared.jobs.lifecycle import (
 from shared.jobs.queue import send_job
 from shared.logs import job_context
 from shared.redis_io.audio_stream import Outcome, end_stream
-from shared.redis_io.context import ContextEntry
+from shared.redis_io.context import ContextEntry, spoken_segments
 from worker.metrics import TurnTiming
 from worker.runtime import WorkerRuntime
 from worker.speaking import Cancelled, Spoken, speak
@@ -93,10 +93,11 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
         _end_audio(rt, plan, "failed")
         _enqueue(rt, next_job_id, plan.conversation_id)
         return
+    # A live turn's text came while it was spoken: the worker stores what came.
+    live_text = spoken.text if spoken is not None and plan.live else None
     if spoken is not None and spoken.codes.shape[0] == 0:  # interrupted before any audio
-        text = spoken.text if plan.live else None
         next_job_id = rt.in_sql(
-            f"job {job_id}: cancel", lambda s: cancel_running(s, plan, text=text)
+            f"job {job_id}: cancel", lambda s: cancel_running(s, plan, text=live_text)
         )
         _end_audio(rt, plan, "cancelled")
         _enqueue(rt, next_job_id, plan.conversation_id)
@@ -110,7 +111,7 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
             audio_flac=flac,
             frame_ms=audio.FRAME_MS,
             segments=spoken.segments if spoken else None,
-            text=spoken.text if spoken and plan.live else None,
+            text=live_text,
         ),
     )
     # After the commit, so a listener that sees the end finds the stored audio.
@@ -120,11 +121,9 @@ def _run_held(rt: WorkerRuntime, job_id: str, conversation_id: str | None) -> No
             turn_id=plan.turn_id,
             index=plan.index,
             speaker=plan.speaker,
-            text=spoken.text if spoken and plan.live else plan.text,
+            text=live_text or plan.text,
             codes=codes,
-            segments=tuple((s.text, s.frames) for s in spoken.segments if s.spoken)
-            if spoken
-            else (),
+            segments=spoken_segments(spoken.segments) if spoken else (),
         )
         rt.context.put(plan.conversation_id, entry, keep=max(plan.max_context_turns, 1))
         if plan.kind == JobKind.GENERATE:

@@ -40,7 +40,7 @@ from api.schemas.live import (
 from api.services import job_control
 from api.services.stream_audio import LiveAudio
 from api.services.turn_intake import describe_validation_error, store_generated
-from shared.contract.segments import SegmentStatus, segments_from_json
+from shared.contract.segments import interrupted, segments_from_json
 from shared.contract.states import JobStatus
 from shared.db.models import Job, Turn
 from shared.errors import Conflict, InvalidInput, ParleyError
@@ -292,12 +292,11 @@ class LiveSession:
             job = session.get(Job, job_id)
             if row is None or job is None:
                 return event("turn.done", turn_id=turn_id, job_id=job_id, status="deleted")
-            statuses = {s.status for s in segments_from_json(row.segments)}
             fields: dict[str, Any] = {
                 "turn_id": turn_id,
                 "job_id": job_id,
                 "status": job.status,
-                "interrupted": bool(statuses & {SegmentStatus.INTERRUPTED, SegmentStatus.DROPPED}),
+                "interrupted": interrupted(segments_from_json(row.segments)),
                 "frames": row.frames or 0,
                 "text": row.text,
             }

@@ -58,6 +58,16 @@ def segments_from_json(raw: Iterable[Mapping[str, Any]] | None) -> list[Segment]
     return [Segment.from_json(item) for item in raw or []]
 
 
+def interrupted(segments: Iterable[Segment]) -> bool:
+    """Whether an interrupt stopped the turn (a segment was cut, or never spoken)."""
+    return any(s.status in (SegmentStatus.INTERRUPTED, SegmentStatus.DROPPED) for s in segments)
+
+
+def truncated(segments: Iterable[Segment]) -> bool:
+    """Whether some segment reached its audio budget before the model ended it."""
+    return any(s.status is SegmentStatus.TRUNCATED for s in segments)
+
+
 def pending(texts: Iterable[str]) -> list[Segment]:
     """Segments not yet spoken, one per text."""
     return [Segment(text) for text in texts]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.contract.segments import segments_from_json
+from shared.contract.segments import Segment, segments_from_json
 from shared.db.models import JobStatus, Turn, TurnMedia
 from shared.mimi_codes import codes_from_bytes, codes_to_bytes
 
@@ -169,17 +169,17 @@ class ContextStore:
                     speaker=speaker,
                     text=text,
                     codes=codes_from_bytes(m.codes, m.n_q),
-                    segments=spoken_segments(segments),
+                    segments=spoken_segments(segments_from_json(segments)),
                 )
                 entries[turn_id] = entry
                 self.put(conversation_id, entry, keep=limit)
         return [entries[r[0]] for r in rows if r[0] in entries]
 
 
-def spoken_segments(raw: list[dict[str, Any]] | None) -> tuple[tuple[str, int], ...]:
-    """A stored turn's spoken segments as context takes them: ``(text, frames)`` of those with
-    audio, in order."""
-    return tuple((s.text, s.frames) for s in segments_from_json(raw) if s.spoken)
+def spoken_segments(segments: Iterable[Segment]) -> tuple[tuple[str, int], ...]:
+    """A turn's spoken segments as context takes them: ``(text, frames)`` of those with audio,
+    in order."""
+    return tuple((s.text, s.frames) for s in segments if s.spoken)
 
 
 def select_window(costs_newest_first: Sequence[int], *, budget: int) -> int:

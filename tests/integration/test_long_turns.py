@@ -57,8 +57,9 @@ def test_a_long_turn_is_spoken_segment_by_segment_and_stored_whole(stack: Stack)
 
 
 def test_segments_are_seeded_apart_and_reproducible(stack: Stack) -> None:
-    """Same seed, same turn: same codes; a segment's codes differ from its neighbour's (each
-    segment gets its own seed, so they are not one sequence repeated)."""
+    """A seeded long turn spoken twice has the same shape, and within a turn a segment's codes
+    differ from its neighbour's (each segment gets its own seed, so they are not one sequence
+    repeated)."""
     cid = stack.conversation()
     codes = []
     for _ in range(2):

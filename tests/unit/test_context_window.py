@@ -31,6 +31,7 @@ def test_a_turn_spoken_in_segments_is_context_piece_by_piece() -> None:
     segments, or whose segments do not add up to its codes, is one piece."""
     import numpy as np
 
+    from shared.contract.segments import segments_from_json
     from shared.redis_io.context import ContextEntry, spoken_segments
 
     codes = np.arange(5 * 4).reshape(5, 4)
@@ -39,7 +40,9 @@ def test_a_turn_spoken_in_segments_is_context_piece_by_piece() -> None:
         {"text": "Two.", "frames": 3, "status": "interrupted"},
         {"text": "Three.", "frames": 0, "status": "dropped"},
     ]
-    entry = ContextEntry("t", 0, 1, "One. Two. Three.", codes, spoken_segments(stored))
+    entry = ContextEntry(
+        "t", 0, 1, "One. Two. Three.", codes, spoken_segments(segments_from_json(stored))
+    )
     again = ContextEntry.from_bytes(entry.to_bytes())  # through the Redis cache
     for e in (entry, again):
         pieces = e.pieces()
