@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import stat
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -12,7 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How long a writing transaction waits for the process's writer lock (below) before it goes on
+# to SQLite's own busy wait.
+WRITER_WAIT_S = 30.0
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -20,7 +28,12 @@ def make_engine(settings: Settings) -> Engine:
 
     SQLite runs in WAL mode with foreign keys on, and every writing transaction begins
     IMMEDIATE: it takes the write lock up front, so a read-then-write section can never fail half
-    way on a stale snapshot. Writers queue (busy timeout); that is SQLite's lot on one machine.
+    way on a stale snapshot. Writers queue; that is SQLite's lot on one machine. Within a process
+    they queue on a lock of the process (one per database file, :class:`_WriterLock`), taken
+    before BEGIN IMMEDIATE and given back when the transaction ends, so the next writer starts
+    the moment the last one commits. Only writers of other processes meet SQLite's busy
+    timeout, whose waits grow to 100 ms a try: with many threads queued on it at once (a burst
+    of new turns), they took whole 100 ms steps each.
     Sessions from ``make_session_factory(engine, read_only=True)`` begin DEFERRED instead: reads
     (polling, downloads) never wait for the write lock nor hold it.
     """
@@ -28,7 +41,11 @@ def make_engine(settings: Settings) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={
+                "check_same_thread": False,
+                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                "factory": _Connection,
+            },
         )
         _configure_sqlite(engine, engine.url.database)
         return engine
@@ -48,7 +65,80 @@ def _file_identity(path: str | None) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
+class _WriterLock:
+    """One writing transaction at a time, per database file, in this process."""
+
+    _by_file: dict[str, threading.Lock] = {}
+    _guard = threading.Lock()
+
+    @classmethod
+    def of(cls, path: str | None) -> threading.Lock | None:
+        """The lock of the file at ``path`` (None for an in-memory database: nothing shares
+        it)."""
+        if not path or path == ":memory:":
+            return None
+        key = os.path.realpath(path)
+        with cls._guard:
+            return cls._by_file.setdefault(key, threading.Lock())
+
+
+class _Connection(sqlite3.Connection):
+    """A SQLite connection that gives back the writer lock its transaction holds when the
+    transaction ends, however it ends: commit, rollback (also the pool's reset on return) or
+    close. A plain lock, not a thread's: a session may end in another thread than it began."""
+
+    writer: threading.Lock | None = None  # held by this connection's open transaction
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.release_writer()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.release_writer()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release_writer()
+
+    def release_writer(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.release()
+
+
+def _begin_writing(connection: Any, writer: threading.Lock | None) -> None:
+    """BEGIN IMMEDIATE, first taking ``writer`` (kept by the DBAPI connection until the
+    transaction ends)."""
+    dbapi_connection = connection.connection.dbapi_connection
+    held = writer is not None and writer.acquire(timeout=WRITER_WAIT_S)
+    if writer is not None and not held:
+        log.warning(
+            "a writing transaction waited %.0f s for this process's other writers; "
+            "going on to SQLite's busy wait",
+            WRITER_WAIT_S,
+        )
+    try:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        if held:
+            writer.release()  # type: ignore[union-attr]
+        raise
+    if held and isinstance(dbapi_connection, _Connection):
+        dbapi_connection.writer = writer
+    elif held:
+        writer.release()  # type: ignore[union-attr]
+
+
 def _configure_sqlite(engine: Engine, path: str | None) -> None:
+    writer = _WriterLock.of(path)
+
     @event.listens_for(engine, "checkout")
     def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # A pooled connection holds the file it opened. If the path now names another file
@@ -70,8 +160,10 @@ def _configure_sqlite(engine: Engine, path: str | None) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        read_only = connection.get_execution_options().get(_READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(_READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            _begin_writing(connection, writer)
 
 
 _READ_ONLY = "parley_read_only"
