@@ -6,7 +6,10 @@
 - streaming Mimi decode of one new frame for ``rows`` turns: one batched pass
   (``BatchedStreamingDecoder``) vs one ``StreamingDecoder.push`` per turn, interleaved;
 - time to first audio for a 100-frame turn through ``CsmEngine.generate`` with the streaming
-  decoder, and its fraction of the whole turn.
+  decoder, and its fraction of the whole turn;
+- on CPU, a frame-loop step plus the batched decode of its frames, run in a thread of its own
+  (as the worker's ``Batcher`` runs them) with torch's intra-op threads at 1 and at one per core:
+  why ``PARLEY_WORKER_TORCH_THREADS`` defaults to 1.
 
 Models: ``tiny`` (the project's random test checkpoint) or ``csm-1b`` (the full-size csm-1b
 architecture, default ``CsmConfig`` shapes, with random weights: same cost per frame as the real
@@ -15,7 +18,9 @@ weights; bf16 on CUDA).
 
 from __future__ import annotations
 
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -227,3 +232,61 @@ def time_to_first_audio(engine: Any, *, frames: int, repeats: int) -> dict:
         firsts.append(1000 * (first[0] - t0))
         totals.append(1000 * total)
     return summary.first_audio(frames, firsts, totals)
+
+
+@torch.no_grad()
+def _step_and_decode_ms(model: CsmForConditionalGeneration, rows: int, steps: int) -> float:
+    """Median ms of one frame-loop step plus the batched decode of its frames, ``rows`` sampled
+    turns running (after 5 warm-up steps)."""
+    loop = FrameLoop(model, max_batch=rows)
+    decoder = BatchedStreamingDecoder(model.codec_model, max_rows=rows)
+    for i in range(rows):
+        params = SamplingParams(0.9, 50, steps + 5, i)
+        loop.admit(i, prompt_embeds(model, PROMPT_POSITIONS - 7 * i, seed=i), params)
+        decoder.admit(i)
+    times = []
+    for step in range(steps + 5):
+        t0 = time.perf_counter()
+        results = loop.step()
+        frames = {r.key: r.frame.numpy()[None] for r in results if r.frame is not None}
+        decoder.decode(frames)
+        if step >= 5:
+            times.append(1000 * (time.perf_counter() - t0))
+        for r in results:
+            if r.done:
+                decoder.remove(r.key)
+    return statistics.median(times)
+
+
+def loop_in_a_thread(
+    model: CsmForConditionalGeneration, *, sizes: list[int], steps: int, repeats: int
+) -> dict:
+    """ms per frame of a step plus its decode, run in a thread of its own after the main thread
+    has run torch (as in a worker: the model loads in the main thread, the frame loop runs in
+    ``parley-frames``), with torch's intra-op threads at 1 and at one per core; the settings
+    alternate, ``repeats`` times. CPU only."""
+    cores = os.cpu_count() or 1
+    counts = sorted({1, cores})
+    before = torch.get_num_threads()
+    times: dict[int, dict[int, list[float]]] = {t: {b: [] for b in sizes} for t in counts}
+    try:
+        for _ in range(repeats):
+            for t in counts:
+                torch.set_num_threads(t)  # new threads take it up at their first op
+                torch.ones(1 << 16).add_(1)  # the main thread runs torch too
+                for b in sizes:
+                    got: list[float] = []
+                    thread = threading.Thread(
+                        target=lambda b=b, got=got: got.append(_step_and_decode_ms(model, b, steps))
+                    )
+                    thread.start()
+                    thread.join()
+                    times[t][b].append(got[0] / b)
+    finally:
+        torch.set_num_threads(before)
+    ms = {str(t): {str(b): statistics.median(v) for b, v in by.items()} for t, by in times.items()}
+    return {
+        "cores": cores,
+        "ms_per_frame": ms,
+        "per_core_over_one": {str(b): ms[str(cores)][str(b)] / ms["1"][str(b)] for b in sizes},
+    }

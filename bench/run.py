@@ -51,6 +51,10 @@ def run_engine(args: argparse.Namespace, tiny_dir: Path) -> dict[str, Any]:
         ),
         "decode": engine_bench.batched_decode(model, rows=max(args.batch), calls=args.frames),
     }
+    if args.device == "cpu":
+        out["loop_in_a_thread"] = engine_bench.loop_in_a_thread(
+            model, sizes=[1, max(args.batch)], steps=20, repeats=3
+        )
     del model
     if args.arch == "tiny":  # the streaming decoder needs a real processor and codec
         engine = CsmEngine.load(str(tiny_dir), device=args.device, max_batch=1)
@@ -133,6 +137,17 @@ def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
             f"(x{dec['per_turn_over_batched']:.1f})",
         )
     )
+    if "loop_in_a_thread" in eng:
+        lt = eng["loop_in_a_thread"]
+        many = str(lt["cores"])
+        for b, ratio in lt["per_core_over_one"].items():
+            rows.append(
+                (
+                    f"step + decode in a thread, batch {b}: ms/frame, torch threads 1 / {many}",
+                    f"{lt['ms_per_frame']['1'][b]:.2f} / {lt['ms_per_frame'][many][b]:.2f}  "
+                    f"(x{ratio:.2f})",
+                )
+            )
     if "first_audio" in eng:
         fa = eng["first_audio"]
         rows.append(

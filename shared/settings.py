@@ -80,7 +80,11 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
-    worker_torch_threads: int = Field(default=0, ge=0)  # 0: torch's own choice
+    # torch's intra-op threads per worker (0: torch's own choice, one per core). A worker runs
+    # torch from many threads (the frame loop, every task thread); with more than one intra-op
+    # thread each of them gets an OpenMP team of its own, and libgomp, seeing more threads than
+    # cores, stops spinning between parallel regions: the frame loop ran 2-3x slower on CPU.
+    worker_torch_threads: int = Field(default=1, ge=0)
     # A worker whose broker consumer has been down this long (the broker unreachable, or the
     # consumer dead) exits with code 3, so that its supervisor replaces it; shorter losses are
     # ridden out.
