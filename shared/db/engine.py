@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import stat
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -21,6 +23,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # How long a writing transaction waits for the process's writer lock (below) before it goes on
 # to SQLite's own busy wait.
 WRITER_WAIT_S = 30.0
+# While another process writes, BEGIN IMMEDIATE is tried again this often (SQLite's busy handler
+# waits up to 100 ms between its tries, so a burst of writes in one process starved the others).
+BEGIN_POLL_MS = 2
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -33,7 +38,8 @@ def make_engine(settings: Settings) -> Engine:
     before BEGIN IMMEDIATE and given back when the transaction ends, so the next writer starts
     the moment the last one commits. Only writers of other processes meet SQLite's busy
     timeout, whose waits grow to 100 ms a try: with many threads queued on it at once (a burst
-    of new turns), they took whole 100 ms steps each.
+    of new turns), they took whole 100 ms steps each. BEGIN IMMEDIATE itself polls every few
+    milliseconds while another process writes, so that process's bursts do not starve this one.
     Sessions from ``make_session_factory(engine, read_only=True)`` begin DEFERRED instead: reads
     (polling, downloads) never wait for the write lock nor hold it.
     """
@@ -125,7 +131,7 @@ def _begin_writing(connection: Any, writer: threading.Lock | None) -> None:
             WRITER_WAIT_S,
         )
     try:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        _begin_immediate(connection, dbapi_connection)
     except BaseException:
         if held:
             writer.release()  # type: ignore[union-attr]
@@ -134,6 +140,27 @@ def _begin_writing(connection: Any, writer: threading.Lock | None) -> None:
         dbapi_connection.writer = writer
     elif held:
         writer.release()  # type: ignore[union-attr]
+
+
+def _begin_immediate(connection: Any, dbapi_connection: Any) -> None:
+    """BEGIN IMMEDIATE, tried every ``BEGIN_POLL_MS`` or so while another process holds the
+    write lock, for up to ``SQLITE_BUSY_TIMEOUT_MS``; the last try goes through SQLAlchemy, so
+    a failure is its ``OperationalError`` as before."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    dbapi_connection.execute(f"PRAGMA busy_timeout={BEGIN_POLL_MS}")
+    try:
+        while time.monotonic() < deadline:
+            try:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    break  # not a wait: the last try below raises it
+            time.sleep(BEGIN_POLL_MS / 1000)
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    finally:
+        with contextlib.suppress(sqlite3.Error):  # a broken connection's own error goes up
+            dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def _configure_sqlite(engine: Engine, path: str | None) -> None:

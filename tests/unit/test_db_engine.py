@@ -80,6 +80,29 @@ def test_a_writer_of_another_process_still_meets_sqlites_lock(
         other.close()
 
 
+def test_a_writer_waits_out_another_processs_transaction(tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE polls (a few ms a try) until the other writer commits, well past one
+    poll, and then gets in."""
+    import sqlite3
+
+    path = tmp_path / "db.sqlite"
+    engine = _engine(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    committer = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+    committer.start()
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+            assert connection.scalar(text("SELECT count(*) FROM t")) == 2  # after its commit
+            timeout = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        assert timeout == db_engine.SQLITE_BUSY_TIMEOUT_MS  # set back after the polling
+    finally:
+        committer.join()
+        other.close()
+
+
 @pytest.mark.parametrize("ending", ["commit", "rollback", "error", "close", "invalidate"])
 def test_the_lock_is_given_back_however_a_transaction_ends(tmp_path: Path, ending: str) -> None:
     path = tmp_path / "db.sqlite"
