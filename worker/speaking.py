@@ -182,6 +182,7 @@ def _earlier_pieces(rt: WorkerRuntime, plan: JobPlan) -> list[ContextTurn]:
         lambda s: rt.context.candidates(
             s, plan.conversation_id, before_index=plan.index, limit=plan.max_context_turns
         ),
+        read_only=True,  # a read: it need not queue for SQLite's write lock behind the writers
     )
     return [
         ContextTurn(speaker=entry.speaker, text=text, codes=codes)
