@@ -264,7 +264,7 @@ def loop_in_a_thread(
     """ms per frame of a step plus its decode, run in a thread of its own after the main thread
     has run torch (as in a worker: the model loads in the main thread, the frame loop runs in
     ``parley-frames``), with torch's intra-op threads at 1 and at one per core; the settings
-    alternate, ``repeats`` times. CPU only."""
+    alternate, ``repeats`` times. ``sizes`` starts with 1. CPU only."""
     cores = os.cpu_count() or 1
     counts = sorted({1, cores})
     before = torch.get_num_threads()
@@ -285,8 +285,12 @@ def loop_in_a_thread(
     finally:
         torch.set_num_threads(before)
     ms = {str(t): {str(b): statistics.median(v) for b, v in by.items()} for t, by in times.items()}
+    one = ms["1"]
     return {
         "cores": cores,
         "ms_per_frame": ms,
+        # frames/s at batch b over batch 1, one torch thread: the engine's batching with the
+        # decode counted, as a worker runs it
+        "vs_batch_1": {str(b): one[str(sizes[0])] / one[str(b)] for b in sizes},
         "per_core_over_one": {str(b): ms[str(cores)][str(b)] / ms["1"][str(b)] for b in sizes},
     }

@@ -53,7 +53,7 @@ def run_engine(args: argparse.Namespace, tiny_dir: Path) -> dict[str, Any]:
     }
     if args.device == "cpu":
         out["loop_in_a_thread"] = engine_bench.loop_in_a_thread(
-            model, sizes=[1, max(args.batch)], steps=20, repeats=3
+            model, sizes=sorted({1, *args.batch}), steps=20, repeats=3
         )
     del model
     if args.arch == "tiny":  # the streaming decoder needs a real processor and codec
@@ -145,7 +145,7 @@ def _table(result: dict[str, Any]) -> list[tuple[str, str]]:
                 (
                     f"step + decode in a thread, batch {b}: ms/frame, torch threads 1 / {many}",
                     f"{lt['ms_per_frame']['1'][b]:.2f} / {lt['ms_per_frame'][many][b]:.2f}  "
-                    f"(x{ratio:.2f})",
+                    f"(x{ratio:.2f}; 1 thread: x{lt['vs_batch_1'][b]:.2f} batch 1's frames/s)",
                 )
             )
     if "first_audio" in eng:
