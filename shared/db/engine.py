@@ -36,10 +36,10 @@ def make_engine(settings: Settings) -> Engine:
     way on a stale snapshot. Writers queue; that is SQLite's lot on one machine. Within a process
     they queue on a lock of the process (one per database file, :class:`_WriterLock`), taken
     before BEGIN IMMEDIATE and given back when the transaction ends, so the next writer starts
-    the moment the last one commits. Only writers of other processes meet SQLite's busy
-    timeout, whose waits grow to 100 ms a try: with many threads queued on it at once (a burst
-    of new turns), they took whole 100 ms steps each. BEGIN IMMEDIATE itself polls every few
-    milliseconds while another process writes, so that process's bursts do not starve this one.
+    the moment the last one commits. A writer of another process is waited out by trying BEGIN
+    IMMEDIATE every 2 ms (``BEGIN_POLL_MS``), up to the busy timeout. SQLite's own busy handler
+    waits up to 100 ms between tries: with it, a burst of new turns took whole 100 ms steps, and
+    one process's burst of writes starved the other processes.
     Sessions from ``make_session_factory(engine, read_only=True)`` begin DEFERRED instead: reads
     (polling, downloads) never wait for the write lock nor hold it.
     """
