@@ -34,7 +34,7 @@ def make_engine(settings: Settings) -> Engine:
     SQLite runs in WAL mode with foreign keys on, and every writing transaction begins
     IMMEDIATE: it takes the write lock up front, so a read-then-write section can never fail half
     way on a stale snapshot. Writers queue; that is SQLite's lot on one machine. Within a process
-    they queue on a lock of the process (one per database file, :class:`_WriterLock`), taken
+    they queue on a lock of the process (one per database file, ``_writer_lock``), taken
     before BEGIN IMMEDIATE and given back when the transaction ends, so the next writer starts
     the moment the last one commits. A writer of another process is waited out by trying BEGIN
     IMMEDIATE every 2 ms (``BEGIN_POLL_MS``), up to the busy timeout. SQLite's own busy handler
@@ -71,21 +71,17 @@ def _file_identity(path: str | None) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
-class _WriterLock:
-    """One writing transaction at a time, per database file, in this process."""
+_WRITER_LOCKS: dict[str, threading.Lock] = {}  # per database file (its real path)
+_WRITER_LOCKS_GUARD = threading.Lock()
 
-    _by_file: dict[str, threading.Lock] = {}
-    _guard = threading.Lock()
 
-    @classmethod
-    def of(cls, path: str | None) -> threading.Lock | None:
-        """The lock of the file at ``path`` (None for an in-memory database: nothing shares
-        it)."""
-        if not path or path == ":memory:":
-            return None
-        key = os.path.realpath(path)
-        with cls._guard:
-            return cls._by_file.setdefault(key, threading.Lock())
+def _writer_lock(path: str | None) -> threading.Lock | None:
+    """This process's lock for writing transactions on the file at ``path`` (None for an
+    in-memory database: nothing shares it)."""
+    if not path or path == ":memory:":
+        return None
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(os.path.realpath(path), threading.Lock())
 
 
 class _Connection(sqlite3.Connection):
@@ -120,26 +116,23 @@ class _Connection(sqlite3.Connection):
 
 
 def _begin_writing(connection: Any, writer: threading.Lock | None) -> None:
-    """BEGIN IMMEDIATE, first taking ``writer`` (kept by the DBAPI connection until the
-    transaction ends)."""
-    dbapi_connection = connection.connection.dbapi_connection
-    held = writer is not None and writer.acquire(timeout=WRITER_WAIT_S)
-    if writer is not None and not held:
+    """BEGIN IMMEDIATE, first taking ``writer`` (kept by the DBAPI connection, a
+    :class:`_Connection`, until the transaction ends)."""
+    if writer is not None and not writer.acquire(timeout=WRITER_WAIT_S):
         log.warning(
             "a writing transaction waited %.0f s for this process's other writers; "
             "going on to SQLite's busy wait",
             WRITER_WAIT_S,
         )
+        writer = None  # not held: SQLite alone decides
+    dbapi_connection = connection.connection.dbapi_connection
     try:
         _begin_immediate(connection, dbapi_connection)
     except BaseException:
-        if held:
-            writer.release()  # type: ignore[union-attr]
+        if writer is not None:
+            writer.release()
         raise
-    if held and isinstance(dbapi_connection, _Connection):
-        dbapi_connection.writer = writer
-    elif held:
-        writer.release()  # type: ignore[union-attr]
+    dbapi_connection.writer = writer
 
 
 def _begin_immediate(connection: Any, dbapi_connection: Any) -> None:
@@ -164,7 +157,7 @@ def _begin_immediate(connection: Any, dbapi_connection: Any) -> None:
 
 
 def _configure_sqlite(engine: Engine, path: str | None) -> None:
-    writer = _WriterLock.of(path)
+    writer = _writer_lock(path)
 
     @event.listens_for(engine, "checkout")
     def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:

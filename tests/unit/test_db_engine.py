@@ -3,6 +3,7 @@ wait, and the lock is given back however a writing transaction ends."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _engine(path: Path) -> Engine:
 
 
 def _writer_held(path: Path) -> bool:
-    lock = db_engine._WriterLock.of(str(path))
+    lock = db_engine._writer_lock(str(path))
     assert lock is not None
     return lock.locked()
 
@@ -65,8 +66,6 @@ def test_a_writer_of_another_process_still_meets_sqlites_lock(
 ) -> None:
     """The lock is the process's: a connection it does not know of (another process, here a
     plain one) is kept out by SQLite, as before."""
-    import sqlite3
-
     path = tmp_path / "db.sqlite"
     engine = _engine(path)
     other = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -83,8 +82,6 @@ def test_a_writer_of_another_process_still_meets_sqlites_lock(
 def test_a_writer_waits_out_another_processs_transaction(tmp_path: Path) -> None:
     """BEGIN IMMEDIATE polls (a few ms a try) until the other writer commits, well past one
     poll, and then gets in."""
-    import sqlite3
-
     path = tmp_path / "db.sqlite"
     engine = _engine(path)
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -133,7 +130,7 @@ def test_the_lock_is_given_back_however_a_transaction_ends(tmp_path: Path, endin
 def test_engines_on_one_file_share_the_lock_and_reads_do_not_take_it(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     first, second = _engine(path), _engine(path)
-    assert db_engine._WriterLock.of(str(path)) is db_engine._WriterLock.of(
+    assert db_engine._writer_lock(str(path)) is db_engine._writer_lock(
         str(tmp_path / "." / "db.sqlite")
     )
     reads = make_session_factory(second, read_only=True)
